@@ -1,0 +1,1 @@
+"""Stats snapshots, the lifecycle event log, leak detection and metric exporters."""

@@ -1,0 +1,16 @@
+"""The listener protocol that exporters implement to see every acquire, release and connect."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["PoolListener"]
+
+
+class PoolListener(Protocol):
+    """Called synchronously by the pool; must be fast and must not raise."""
+
+    def on_acquired(self, resource: str, wait: float) -> None: ...
+    def on_released(self, resource: str, use: float) -> None: ...
+    def on_connected(self, resource: str, seconds: float) -> None: ...
+    def on_timeout(self, resource: str) -> None: ...

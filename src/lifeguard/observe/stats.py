@@ -1,0 +1,115 @@
+"""The frozen stats snapshot of a pool, and the cheap histogram the pool keeps."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["BOUNDS", "Histogram", "HistogramSnapshot", "PoolStats"]
+
+#: Bucket upper bounds in seconds, as the OpenTelemetry database-client conventions advise.
+BOUNDS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+CircuitState = Literal["closed", "open"]
+PoolState = Literal["new", "opening", "open", "draining", "closed"]
+
+
+class Histogram:
+    """Counts per bucket plus sum; ``observe`` is a bisect and two additions, nothing more."""
+
+    __slots__ = ("bounds", "counts", "count", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = BOUNDS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def snapshot(self) -> HistogramSnapshot:
+        return HistogramSnapshot(self.bounds, tuple(self.counts), self.count, self.sum)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramSnapshot:
+    """Non-cumulative bucket counts (the last one is +Inf), count and sum, in seconds."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    sum: float
+
+    def quantile(self, q: float) -> float:
+        """An upper bound of the ``q`` quantile from the buckets (0.0 when empty)."""
+        if not self.count:
+            return 0.0
+        target = q * self.count
+        seen = 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            seen += n
+            if seen >= target:
+                return bound
+        return float("inf")  # pragma: no cover
+
+    def to_dict(self) -> dict[str, object]:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "count": self.count,
+                "sum": self.sum}
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A consistent snapshot of one pool, taken without I/O."""
+
+    resource: str
+    driver: str
+    state: PoolState
+    circuit: CircuitState
+    size: int
+    idle: int
+    in_use: int
+    connecting: int
+    waiting: int
+    min_size: int
+    max_size: int
+    acquired: int
+    released: int
+    discarded: Mapping[str, int]
+    timeouts: int
+    overloaded: int
+    connect_errors: int
+    pings_failed: int
+    wait_time: HistogramSnapshot
+    use_time: HistogramSnapshot
+    connect_time: HistogramSnapshot
+    #: seconds until the next probe of an open circuit (0.0 when closed)
+    retry_after: float = 0.0
+    #: the last connect or ping error, scrubbed of secrets
+    last_error: str | None = None
+    #: seconds of the last successful ping or connect round trip, if any
+    last_check_seconds: float | None = None
+    #: monotonic age in seconds of the last check (None when never checked)
+    last_check_age: float | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """True when the pool can lend: open and circuit closed."""
+        return self.state == "open" and self.circuit == "closed"
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, HistogramSnapshot):
+                value = value.to_dict()
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[name] = value
+        out["ready"] = self.ready
+        return out

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.support.servers import MYSQL_URL, POSTGRES_URL, REDIS_URL, require
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    return require(POSTGRES_URL, "PostgreSQL")
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    return require(MYSQL_URL, "MariaDB/MySQL")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require(REDIS_URL, "Redis")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path}/lifeguard-test.db"  # type: ignore[operator]

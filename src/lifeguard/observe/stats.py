@@ -95,12 +95,11 @@ class PoolStats:
     last_check_seconds: float | None = None
     #: monotonic age in seconds of the last check (None when never checked)
     last_check_age: float | None = None
+    #: True when the pool can lend: open, circuit closed and connected at least once
+    ready: bool = False
+    #: a required resource gates readiness; an optional one only reports
+    optional: bool = False
     extra: Mapping[str, object] = field(default_factory=dict)
-
-    @property
-    def ready(self) -> bool:
-        """True when the pool can lend: open and circuit closed."""
-        return self.state == "open" and self.circuit == "closed"
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -111,5 +110,4 @@ class PoolStats:
             elif isinstance(value, Mapping):
                 value = dict(value)
             out[name] = value
-        out["ready"] = self.ready
         return out

@@ -43,10 +43,10 @@ class Secrets:
 class DSN:
     """A connection URL; ``str()`` and ``repr()`` give it redacted, :meth:`reveal` the real one."""
 
-    __slots__ = ("_url", "_parts", "scheme", "driver", "secrets")
+    __slots__ = ("_parts", "_url", "driver", "scheme", "secrets")
 
     def __init__(self, url: str) -> None:
-        if not isinstance(url, str) or "://" not in url and not url.startswith("sqlite:"):
+        if not isinstance(url, str) or ("://" not in url and not url.startswith("sqlite:")):
             raise ConfigError(f"url must look like scheme://... (got {_redact_loose(str(url))!r})")
         self._url = url
         self._parts = urlsplit(url)
@@ -239,12 +239,16 @@ def _parse_env(name: str, raw: str, default: Any) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(f"{name} must be an integer (got {name}={raw!r} from the environment)") from None
+            raise ConfigError(
+                f"{name} must be an integer (got {name}={raw!r} from the environment)"
+            ) from None
     if isinstance(default, float) or default is None:
         try:
             return float(text)
         except ValueError:
-            raise ConfigError(f"{name} must be a number of seconds (got {name}={raw!r} from the environment)") from None
+            raise ConfigError(
+                f"{name} must be a number of seconds (got {name}={raw!r} from the environment)"
+            ) from None
     return text
 
 

@@ -178,7 +178,8 @@ class Lifeguard:
 
     def install(self, app: FastAPI, *, health: bool = True, metrics: bool = True, stats: bool = True,
                 prefix: str = "") -> None:
-        """Add the 503 handlers and, each optional, ``/livez`` ``/readyz``, ``/metrics``, ``/lifeguard/stats``."""
+        """Add the 503 handlers and, each optional, ``/livez``, ``/readyz``, ``/metrics`` and
+        ``/lifeguard/stats`` (the JSON that ``lifeguard top`` reads)."""
         from lifeguard.fastapi import install
 
         install(self, app, health=health, metrics=metrics, stats=stats, prefix=prefix)

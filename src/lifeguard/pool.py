@@ -170,7 +170,7 @@ class Pool(Generic[C]):
             ) from None
 
     async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first ``min_size`` connections; False if they did not come."""
+        """Wait up to ``timeout`` seconds for the first ``min_size`` connections; False if they did not."""
         try:
             async with asyncio.timeout(timeout):
                 await self._ready.wait()
@@ -605,7 +605,7 @@ class Pool(Generic[C]):
                 break
         finally:
             self._connecting -= 1
-        self._connected(cast(C, conn), start)
+        self._connected(conn, start)
 
     def _still_wanted(self) -> bool:
         # this task's own slot is counted in _connecting, hence the -1

@@ -30,7 +30,10 @@ async def _eventually(condition: Callable[[], bool], timeout: float = 1.0) -> bo
 async def _no_stray_tasks() -> None:
     """Give background tasks (ours or asyncpg's) a moment to finish, then insist they did."""
     me = asyncio.current_task()
-    others = lambda: [t for t in asyncio.all_tasks() if t is not me]  # noqa: E731
+
+    def others() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if t is not me]
+
     assert await _eventually(lambda: not others()), f"tasks left running: {others()}"
 
 

@@ -26,7 +26,6 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["FaultProxy", "fault_proxy"]
@@ -82,8 +81,6 @@ class FaultProxy:
         self._latency = 0.0
         self._refusing = False
 
-    # lifecycle
-
     async def start(self) -> None:
         """Listen on an ephemeral port of ``listen_host``."""
         if self._anchor is not None:
@@ -107,12 +104,8 @@ class FaultProxy:
         await self.start()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-    # faults
 
     async def cut(self) -> None:
         """Reset (RST) all current connections on both sides and wait until they are gone."""
@@ -158,8 +151,6 @@ class FaultProxy:
         netloc = parts.netloc.rpartition("@")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return urlunsplit(parts._replace(netloc=f"{netloc[0]}{netloc[1]}{host}:{self.port}"))
-
-    # internals
 
     def _bound_socket(self, port: int) -> socket.socket:
         sock = socket.socket(self._family, socket.SOCK_STREAM)

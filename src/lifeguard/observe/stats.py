@@ -19,7 +19,7 @@ PoolState = Literal["new", "opening", "open", "draining", "closed"]
 class Histogram:
     """Counts per bucket plus sum; ``observe`` is a bisect and two additions, nothing more."""
 
-    __slots__ = ("bounds", "counts", "count", "sum")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...] = BOUNDS) -> None:
         self.bounds = bounds

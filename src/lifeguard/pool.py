@@ -321,11 +321,15 @@ class Pool(Generic[C]):
     async def _acquire(self, timeout: float | None) -> C:
         now = _monotonic()
         if self._state is _OPEN and not self._waiters and not self._paused:
+            is_closed = self.connector.is_closed
             while self._idle:
                 rec = self._idle.pop()
                 if rec.generation != self._generation or now >= rec.expires_at:
                     self._discard(rec, "expired" if rec.generation != self._generation else "lifetime",
                                   graceful=True)
+                    continue
+                if is_closed(rec.conn):  # the driver already saw it die: no I/O needed to know
+                    self._dead(rec, now)
                     continue
                 if now - rec.checked_at <= self._check_after and rec.created_at > self._invalid_before:
                     return self._lend(rec, now, now)
@@ -392,6 +396,9 @@ class Pool(Generic[C]):
             self._discard(rec, "expired" if rec.generation != self._generation else "lifetime",
                           graceful=True)
             return False
+        if self.connector.is_closed(rec.conn):
+            self._dead(rec, now)
+            return False
         if now - rec.checked_at <= self._check_after and rec.created_at > self._invalid_before:
             return True
         self._in_use.add(rec)  # counted while the pool itself uses it
@@ -445,8 +452,7 @@ class Pool(Generic[C]):
             emit("leak.returned", self.name, f"returned after {use:.3f}s", held=use, route=rec.route)
         connector = self.connector
         if connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc)):
-            self._invalid_before = now
-            self._discard(rec, "disconnect")
+            self._dead(rec, now)
             return
         cancelled = exc is not None and not isinstance(exc, Exception)
         if cancelled or self.config.reset == "full" or connector.in_transaction(conn):
@@ -667,6 +673,11 @@ class Pool(Generic[C]):
             self._connected(conn, start)
             self._grow()
             return
+
+    def _dead(self, rec: _Record[C], now: float) -> None:
+        """A connection found dead: discard it, and check every older one before it is lent."""
+        self._invalid_before = now
+        self._discard(rec, "disconnect")
 
     def _ping_failed(self, rec: _Record[C], exc: Exception) -> None:
         self._pings_failed += 1

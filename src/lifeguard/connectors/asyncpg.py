@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import re
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import asyncpg
 

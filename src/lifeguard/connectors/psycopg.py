@@ -72,13 +72,12 @@ class PsycopgConnector:
         options = check_options(self.driver, config.options, _CONNECT_ARGS | libpq_keys)
         self._autocommit = bool(options.pop("autocommit", True))
         self._prepare_threshold: int | None = options.pop("prepare_threshold", 5)
-        if config.pgbouncer:
-            # Prepared statements are per server session; in transaction mode the next
-            # statement may land on another one.
-            if self._prepare_threshold is not None:
-                if "prepare_threshold" in config.options:
-                    raise conflict(self.driver, "prepare_threshold", "with pgbouncer=True (must be None)")
-                self._prepare_threshold = None
+        # Prepared statements are per server session; behind PgBouncer in transaction mode the
+        # next statement may land on another one.
+        if config.pgbouncer and self._prepare_threshold is not None:
+            if "prepare_threshold" in config.options:
+                raise conflict(self.driver, "prepare_threshold", "with pgbouncer=True (must be None)")
+            self._prepare_threshold = None
         self._row_factory = options.get("row_factory") or tuple_row
         self._own_connect_timeout = "connect_timeout" not in options and "connect_timeout" not in dsn.query
         self._url = driver_url(dsn)

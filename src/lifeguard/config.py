@@ -28,7 +28,7 @@ REDACTED = "***"
 class Secrets:
     """The secret strings of one resource, so any text can be scrubbed before it is shown."""
 
-    values: tuple[str, ...] = ()
+    values: tuple[str, ...] = field(default=(), repr=False)  # the repr must not show them
 
     def scrub(self, text: str) -> str:
         for value in self.values:
@@ -118,7 +118,8 @@ class DSN:
 
 
 def _redact_loose(text: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1" + REDACTED + "@", text)
+    # not a well-formed URL, so the password's place is a guess: hide whatever sits in user:...@
+    return re.sub(r"([^:/@\s]+:)[^@\s]*@", r"\1" + REDACTED + "@", text)
 
 
 Startup = Literal["wait", "lazy"]
@@ -149,7 +150,7 @@ class PoolConfig:
     reset: Reset = "default"
     reset_timeout: float = 5.0
     pgbouncer: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
 
     def __post_init__(self) -> None:
         _check_int(self, "min_size", minimum=0)

@@ -113,11 +113,15 @@ def install(guard: Lifeguard, app: FastAPI, *, health: bool = True, metrics: boo
             return JSONResponse(body, status_code=code, media_type=_health.CONTENT_TYPE)
 
     if metrics:
-        @app.get(f"{prefix}/metrics", include_in_schema=False)
-        async def metrics_route() -> Response:
-            from lifeguard.observe.prometheus import render
+        from lifeguard.observe import prometheus
 
-            payload, content_type = render(guard)
+        if prometheus.multiprocess():
+            # Each worker writes its share of the metrics from start-up, not from its first scrape.
+            prometheus.instrument(guard)
+
+        @app.get(f"{prefix}/metrics", include_in_schema=False)
+        async def metrics_route(request: Request) -> Response:
+            payload, content_type = prometheus.render(guard, request.headers.get("accept"))
             return Response(payload, media_type=content_type)
 
     if stats:

@@ -15,6 +15,7 @@ from lifeguard.connectors.base import Connector
 from lifeguard.errors import ConfigError
 from lifeguard.handle import unwrap
 from lifeguard.observe.events import emit
+from lifeguard.observe.hooks import PoolListener
 from lifeguard.observe.leaks import LeaseInfo
 from lifeguard.observe.stats import PoolStats
 from lifeguard.pool import Pool
@@ -65,6 +66,7 @@ class Lifeguard:
     def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self._resources: dict[str, Resource[Any]] = {}
+        self._listeners: list[PoolListener] = []
         self.draining = False
 
     def pool(self, name: str, url: str | None = None, *, connector: Connector[Any] | None = None,
@@ -90,12 +92,21 @@ class Lifeguard:
         elif url is not None:
             dsn = DSN(url)
         resource: Resource[Any] = Resource(name, connector, config, dsn)
+        for listener in self._listeners:
+            resource.add_listener(listener)
         self._resources[name] = resource
         return resource
 
     @property
     def resources(self) -> Mapping[str, Resource[Any]]:
         return dict(self._resources)
+
+    def add_listener(self, listener: PoolListener) -> None:
+        """Call ``listener`` on every acquire, release, connect and timeout of every pool, those
+        declared later included (how the Prometheus and OpenTelemetry exporters see the pools)."""
+        self._listeners.append(listener)
+        for resource in self._resources.values():
+            resource.add_listener(listener)
 
     def __getitem__(self, name: str) -> Resource[Any]:
         return self._resources[name]

@@ -21,16 +21,15 @@ __all__ = ["Handle", "handle_class_for", "unwrap"]
 class Handle:
     """A connection on lease. Use it like the driver's connection; it stops working at release."""
 
-    __slots__ = ("_lg_conn", "_lg_pool", "_lg_rec")
+    # the pool fills the slots directly (no __init__ call on the hot path)
+    __slots__ = ("_lg_conn", "_lg_rec")
 
     _lg_conn: Any
-    _lg_pool: Pool[Any]
     _lg_rec: _Record[Any]
 
-    def __init__(self, conn: Any, pool: Pool[Any], rec: _Record[Any]) -> None:
-        self._lg_conn = conn
-        self._lg_pool = pool
-        self._lg_rec = rec
+    @property
+    def _lg_pool(self) -> Pool[Any]:
+        return self._lg_rec.pool
 
     def __getattr__(self, name: str) -> Any:
         conn = self._lg_conn

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -25,7 +26,7 @@ from lifeguard.handle import Handle, handle_class_for
 from lifeguard.observe.events import emit
 from lifeguard.observe.hooks import PoolListener
 from lifeguard.observe.leaks import LeaseInfo, capture_stack, current_route, format_stack
-from lifeguard.observe.stats import Histogram, PoolStats
+from lifeguard.observe.stats import Histogram, HistogramSnapshot, PoolStats
 from lifeguard.retry import Backoff, CircuitBreaker
 
 __all__ = ["Pool"]
@@ -35,22 +36,29 @@ C = TypeVar("C")
 _NEW, _OPEN, _DRAINING, _CLOSED = "new", "open", "draining", "closed"
 _monotonic = time.monotonic
 _log = logging.getLogger("lifeguard")
+_new = object.__new__
+_bisect = bisect_left
 
 
 class _Record(Generic[C]):
     """One pooled connection and the facts the pool keeps about it."""
 
     __slots__ = ("checked_at", "conn", "created_at", "expires_at", "generation", "handle_cls",
-                 "keepalive_due", "last_used", "leak_reported", "lease_start", "route", "stack")
+                 "fresh_until", "keepalive_due", "last_used", "leak_reported", "lease_start", "pool",
+                 "route", "stack", "verified_at")
 
-    def __init__(self, conn: C, now: float, expires_at: float, generation: int,
-                 keepalive_due: float) -> None:
+    def __init__(self, pool: Pool[C], conn: C, now: float, expires_at: float, generation: int,
+                 keepalive_due: float, check_after: float) -> None:
+        self.pool = pool
         self.conn = conn
         self.created_at = now
+        self.verified_at = now  # connected or last pinged: compared with the pool's _invalid_before
         self.expires_at = expires_at
         self.generation = generation
         self.last_used = now
         self.checked_at = now
+        # lendable without a check until then: min(expiry, last check + check_after_idle)
+        self.fresh_until = min(expires_at, now + check_after)
         self.keepalive_due = keepalive_due
         self.lease_start = 0.0
         self.handle_cls = handle_class_for(type(conn))
@@ -73,14 +81,20 @@ class _AcquireContext(Generic[C]):
         return self._pool._acquire(self._timeout).__await__()
 
     async def __aenter__(self) -> C:
-        self._handle = await self._pool._acquire(self._timeout)
-        return self._handle
+        pool = self._pool
+        handle = pool._lend_nowait()
+        if handle is None:
+            handle = await pool._acquire_slow(_monotonic(), self._timeout)
+        self._handle = handle
+        return handle
 
     async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
-            await self._pool._release(handle, exc)
+            slow = self._pool._release_nowait(handle, exc)
+            if slow is not None:
+                await slow
 
 
 class Pool(Generic[C]):
@@ -101,6 +115,7 @@ class Pool(Generic[C]):
         self._secrets = secrets or Secrets(cfg.secrets)
         self._state = _NEW
         self._paused = False
+        self._blocked = True  # not open, or paused: the hot path steps aside
         self._min_size = cfg.min_size
         self._max_size = cfg.max_size
         self._idle: deque[_Record[C]] = deque()
@@ -108,9 +123,17 @@ class Pool(Generic[C]):
         self._waiters: deque[asyncio.Future[_Record[C]]] = deque()
         self._connecting = 0
         self._generation = 0
-        self._invalid_before = -1.0  # connections created at or before this are checked before lending
+        self._invalid_before = -1.0  # connections not verified since this are checked before lending
         self._check_after = cfg.check_after_idle if cfg.check_after_idle is not None else float("inf")
         self._leak_on = cfg.leak_threshold is not None
+        self._full_reset = cfg.reset == "full"
+        self._is_closed = connector.is_closed
+        self._in_transaction = connector.in_transaction
+        self._shrinking = False  # set by resize() until the pool is back within max_size
+        self._fast_lends = 0
+        # leak stacks, listeners or DEBUG logging: the lend/return hooks must run. Re-read by the
+        # housekeeper, so DEBUG switched on at runtime shows lend/return events within one tick.
+        self._observed = False
         self._breaker = CircuitBreaker(cfg.failure_threshold, Backoff(cfg.backoff_initial, cfg.backoff_max))
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self._bg: set[asyncio.Task[Any]] = set()  # cancelled at close
@@ -123,8 +146,7 @@ class Pool(Generic[C]):
         #: read from the server once at start-up by Lifeguard (None until then, or for SQLite)
         self.server_info: ServerInfo | None = None
         # counters
-        self._acquired = 0
-        self._released = 0
+        self._acquired = 0  # slow-path lends; hot-path ones are counted in _fast_lends
         self._timeouts = 0
         self._overloaded = 0
         self._connect_errors = 0
@@ -151,6 +173,8 @@ class Pool(Generic[C]):
         if self._state != _NEW:
             raise PoolClosed(f"{self.name}: a closed pool cannot be opened again", resource=self.name)
         self._state = _OPEN
+        self._blocked = self._paused
+        self._refresh_observed()
         emit("pool.opened", self.name, f"min_size={self._min_size} max_size={self._max_size}")
         interval = self._housekeeping_interval()
         if interval is not None:
@@ -188,6 +212,7 @@ class Pool(Generic[C]):
             return []
         was_new = self._state == _NEW
         self._state = _DRAINING
+        self._blocked = True if self._state is not _OPEN else self._paused
         if was_new:
             self._state = _CLOSED
             return []
@@ -261,16 +286,19 @@ class Pool(Generic[C]):
         while excess > 0 and self._idle:
             self._discard(self._idle.popleft(), "resized", graceful=True)
             excess -= 1
+        self._shrinking = excess > 0  # lent connections are closed as they come back
         self._grow()
 
     def pause(self) -> None:
         """Stop lending: acquires queue (and time out) until :meth:`resume`."""
         self._paused = True
+        self._blocked = True
         emit("pool.paused", self.name)
 
     def resume(self) -> None:
         """Lend again, serving queued callers in order."""
         self._paused = False
+        self._blocked = self._state is not _OPEN
         emit("pool.resumed", self.name)
         while self._idle and self._waiters:
             self._put_back(self._idle.pop())
@@ -279,6 +307,7 @@ class Pool(Generic[C]):
     def add_listener(self, listener: PoolListener) -> None:
         """Call ``listener`` on every acquire, release, connect and timeout (for metric exporters)."""
         self._listeners.append(listener)
+        self._refresh_observed()
 
     @property
     def ready(self) -> bool:
@@ -299,10 +328,10 @@ class Pool(Generic[C]):
             size=self._size(), idle=len(self._idle), in_use=len(self._in_use),
             connecting=self._connecting, waiting=len(self._waiters),
             min_size=self._min_size, max_size=self._max_size,
-            acquired=self._acquired, released=self._released, discarded=dict(self._discarded),
+            acquired=self._acquired + self._fast_lends, released=self._use_hist.count, discarded=dict(self._discarded),
             timeouts=self._timeouts, overloaded=self._overloaded,
             connect_errors=self._connect_errors, pings_failed=self._pings_failed,
-            wait_time=self._wait_hist.snapshot(), use_time=self._use_hist.snapshot(),
+            wait_time=self._wait_snapshot(), use_time=self._use_hist.snapshot(),
             connect_time=self._connect_hist.snapshot(),
             retry_after=self._breaker.retry_after(now), last_error=self._last_error,
             last_check_seconds=self._last_check_seconds,
@@ -319,38 +348,47 @@ class Pool(Generic[C]):
     # -- acquire ---------------------------------------------------------------------------------
 
     async def _acquire(self, timeout: float | None) -> C:
-        now = _monotonic()
-        if self._state is _OPEN and not self._waiters and not self._paused:
-            is_closed = self.connector.is_closed
-            while self._idle:
-                rec = self._idle.pop()
-                if rec.generation != self._generation or now >= rec.expires_at:
-                    self._discard(rec, "expired" if rec.generation != self._generation else "lifetime",
-                                  graceful=True)
-                    continue
-                if is_closed(rec.conn):  # the driver already saw it die: no I/O needed to know
-                    self._dead(rec, now)
-                    continue
-                if now - rec.checked_at <= self._check_after and rec.created_at > self._invalid_before:
-                    return self._lend(rec, now, now)
-                return await self._acquire_slow(now, timeout, rec)
-        return await self._acquire_slow(now, timeout, None)
+        handle = self._lend_nowait()
+        if handle is None:
+            handle = await self._acquire_slow(_monotonic(), timeout)
+        return handle
 
-    async def _acquire_slow(self, start: float, timeout: float | None, rec: _Record[C] | None) -> C:
+    def _lend_nowait(self) -> C | None:
+        """The hot path: lend the top idle connection if nothing is due; no I/O, no timer.
+
+        Kept flat on purpose: every call saved here is measurable against the raw driver.
+        """
+        idle = self._idle
+        if not idle or self._waiters or self._blocked:
+            return None
+        rec = idle[-1]
+        now = _monotonic()
+        if (now >= rec.fresh_until or rec.verified_at <= self._invalid_before
+                or rec.generation != self._generation or self._is_closed(rec.conn)):
+            return None  # the slow path checks, replaces or recycles it
+        idle.pop()
+        self._in_use.add(rec)
+        rec.lease_start = now
+        self._fast_lends += 1  # a zero wait, folded into the wait histogram's first bucket
+        if self._observed:
+            self._observe_lend(rec, 0.0)
+        handle = _new(rec.handle_cls)
+        handle._lg_conn = rec.conn
+        handle._lg_rec = rec
+        return cast(C, handle)
+
+    async def _acquire_slow(self, start: float, timeout: float | None) -> C:
         if self._state is not _OPEN:
-            if rec is not None:
-                self._put_back(rec)
             raise self._closed_error()
         limit = self.config.acquire_timeout if timeout is None else timeout
-        deadline = start + limit
         try:
-            async with asyncio.timeout(deadline - _monotonic()):
+            async with asyncio.timeout(limit):
                 while True:
-                    if rec is None:
-                        rec = await self._wait()
+                    rec = await self._wait()
                     if await self._check(rec):
-                        return self._lend(rec, start, _monotonic())
-                    rec = None
+                        now = _monotonic()
+                        self._wait_hist.observe(now - start)
+                        return self._lend(rec, now, now - start)
         except TimeoutError:
             self._timeouts += 1
             for listener in self._listeners:
@@ -399,7 +437,7 @@ class Pool(Generic[C]):
         if self.connector.is_closed(rec.conn):
             self._dead(rec, now)
             return False
-        if now - rec.checked_at <= self._check_after and rec.created_at > self._invalid_before:
+        if now < rec.fresh_until and rec.verified_at > self._invalid_before:
             return True
         self._in_use.add(rec)  # counted while the pool itself uses it
         try:
@@ -412,59 +450,91 @@ class Pool(Generic[C]):
             self._discard(rec, "cancelled")
             raise
         done = _monotonic()
-        rec.checked_at = done
+        rec.verified_at = done
+        self._touch(rec, done)
         self._mark_checked(done, done - now)
         return True
 
-    def _lend(self, rec: _Record[C], start: float, now: float) -> C:
+    def _lend(self, rec: _Record[C], now: float, wait: float) -> C:
         self._in_use.add(rec)
         rec.lease_start = now
         self._acquired += 1
-        self._wait_hist.observe(now - start)
+        self._observe_lend(rec, wait)
+        handle = _new(rec.handle_cls)
+        handle._lg_conn = rec.conn
+        handle._lg_rec = rec
+        return cast(C, handle)
+
+    def _refresh_observed(self) -> None:
+        self._observed = bool(self._leak_on or self._listeners or _log.isEnabledFor(logging.DEBUG))
+
+    def _observe_lend(self, rec: _Record[C], wait: float) -> None:
         if self._leak_on:
             rec.stack = capture_stack()
             rec.route = current_route.get()
             rec.leak_reported = False
         for listener in self._listeners:
-            listener.on_acquired(self.name, now - start)
+            listener.on_acquired(self.name, wait)
         if _log.isEnabledFor(logging.DEBUG):
-            emit("connection.lent", self.name, f"wait={now - start:.6f}s")
-        return cast(C, rec.handle_cls(rec.conn, self, rec))
+            emit("connection.lent", self.name, f"wait={wait:.6f}s", wait=wait)
 
     # -- release ---------------------------------------------------------------------------------
 
     async def _release(self, handle: C, exc: BaseException | None) -> None:
+        slow = self._release_nowait(handle, exc)
+        if slow is not None:
+            await slow
+
+    def _release_nowait(self, handle: C, exc: BaseException | None) -> Awaitable[None] | None:
+        """End a lease; returns what is left to await when the connection needs a round trip.
+
+        Flat for the same reason as ``_lend_nowait``; anything unusual leaves through a helper.
+        """
         h = cast(Handle, handle)
         conn = h._lg_conn
         if conn is None:
-            return  # already ended: a lease ends exactly once
+            return None  # already ended: a lease ends exactly once
         h._lg_conn = None
         rec: _Record[C] = h._lg_rec
-        if rec not in self._in_use:
-            return  # taken back by drain or after its handle was lost
+        in_use = self._in_use
+        if rec not in in_use:
+            return None  # taken back by drain or after its handle was lost
         now = _monotonic()
-        self._released += 1
         use = now - rec.lease_start
-        self._use_hist.observe(use)
-        for listener in self._listeners:
-            listener.on_released(self.name, use)
-        if rec.leak_reported:
-            emit("leak.returned", self.name, f"returned after {use:.3f}s", held=use, route=rec.route)
-        connector = self.connector
-        if connector.is_closed(conn) or (exc is not None and connector.is_disconnect(exc)):
+        hist = self._use_hist
+        hist.counts[_bisect(hist.bounds, use)] += 1
+        hist.count += 1
+        hist.sum += use
+        if self._observed:
+            self._observe_release(rec, use)
+        if self._is_closed(conn) or (exc is not None and self.connector.is_disconnect(exc)):
             self._dead(rec, now)
-            return
+            return None
         cancelled = exc is not None and not isinstance(exc, Exception)
-        if cancelled or self.config.reset == "full" or connector.in_transaction(conn):
+        if cancelled or self._full_reset or self._in_transaction(conn):
             task = asyncio.get_running_loop().create_task(self._reset(rec, cancelled))
             self._io.add(task)
             task.add_done_callback(self._io.discard)
-            await asyncio.shield(task)
-            return
-        if _log.isEnabledFor(logging.DEBUG):
-            emit("connection.returned", self.name, f"use={use:.6f}s")
+            return asyncio.shield(task)  # the reset finishes even if the releasing task is cancelled
+        if (self._waiters or self._blocked or self._shrinking or now >= rec.expires_at
+                or rec.generation != self._generation):
+            self._free(rec, now)  # hand-off to a waiter, recycling, draining: the general path
+            return None
         rec.last_used = rec.checked_at = now
-        self._recycle_or_put_back(rec, now)
+        fresh = now + self._check_after
+        rec.fresh_until = fresh if fresh < rec.expires_at else rec.expires_at
+        in_use.remove(rec)
+        self._idle.append(rec)
+        return None
+
+    def _observe_release(self, rec: _Record[C], use: float) -> None:
+        for listener in self._listeners:
+            listener.on_released(self.name, use)
+        if rec.leak_reported:
+            rec.leak_reported = False
+            emit("leak.returned", self.name, f"returned after {use:.3f}s", held=use, route=rec.route)
+        if _log.isEnabledFor(logging.DEBUG):
+            emit("connection.returned", self.name, f"use={use:.6f}s", use=use)
 
     async def _reset(self, rec: _Record[C], cancelled: bool) -> None:
         """Roll back (and fully reset, or re-check after a cancel) under a bounded shield."""
@@ -472,11 +542,11 @@ class Pool(Generic[C]):
         try:
             async with asyncio.timeout(self.config.reset_timeout):
                 if cancelled:
-                    # a cancel can land mid-query; a ping proves the protocol is in sync again
-                    if connector.in_transaction(rec.conn):
-                        await connector.rollback(rec.conn)
+                    # a cancel can land mid-query (and aiosqlite's statement goes on in its thread):
+                    # the ping waits for the protocol to be in sync, so the transaction state after
+                    # it is the true one
                     await connector.ping(rec.conn)
-                if self.config.reset == "full":
+                if self._full_reset:
                     await connector.reset(rec.conn)
                 elif connector.in_transaction(rec.conn):
                     await connector.rollback(rec.conn)
@@ -489,17 +559,24 @@ class Pool(Generic[C]):
         except BaseException:
             self._discard(rec, "reset_failed")
             raise
-        now = _monotonic()
-        rec.last_used = rec.checked_at = now
-        self._recycle_or_put_back(rec, now)
+        self._free(rec, _monotonic())
 
-    def _recycle_or_put_back(self, rec: _Record[C], now: float) -> None:
+    def _free(self, rec: _Record[C], now: float) -> None:
+        """A lease ended cleanly: recycle the connection if it is due, else put it back."""
+        rec.last_used = now
         if rec.generation != self._generation:
             self._discard(rec, "expired", graceful=True)
         elif now >= rec.expires_at:
             self._discard(rec, "lifetime", graceful=True)
         else:
+            self._touch(rec, now)
             self._put_back(rec)
+
+    def _touch(self, rec: _Record[C], now: float) -> None:
+        """Known good at ``now``: no check needed until check_after_idle has passed again."""
+        rec.checked_at = now
+        fresh = now + self._check_after
+        rec.fresh_until = fresh if fresh < rec.expires_at else rec.expires_at
 
     def _handle_lost(self, rec: _Record[C]) -> None:
         """Called from a handle's finaliser: recover the slot on the loop, not inside the GC."""
@@ -533,6 +610,11 @@ class Pool(Generic[C]):
             if not self._in_use:
                 self._drained.set()
             return
+        if self._shrinking:
+            if self._size() + (rec not in self._in_use) > self._max_size:
+                self._discard(rec, "resized", graceful=True)  # resize() shrank the pool while it was out
+                return
+            self._shrinking = False
         if not self._paused:
             waiters = self._waiters
             while waiters:
@@ -633,7 +715,7 @@ class Pool(Generic[C]):
         lifetime = float("inf") if cfg.max_lifetime is None else cfg.max_lifetime * random.uniform(0.9, 1.1)
         keepalive = (float("inf") if cfg.keepalive_interval is None
                      else cfg.keepalive_interval * random.uniform(0.8, 1.0))
-        rec = _Record(conn, now, now + lifetime, self._generation, keepalive)
+        rec = _Record(self, conn, now, now + lifetime, self._generation, keepalive, self._check_after)
         emit("connection.opened", self.name, f"in {now - start:.3f}s", seconds=now - start)
         self._put_back(rec)
         if not self._ready.is_set() and len(self._idle) + len(self._in_use) >= max(self._min_size, 1):
@@ -741,6 +823,7 @@ class Pool(Generic[C]):
                 self._spawn_bg(self._keepalive(rec))
         if self._leak_on:
             self._report_leaks(now)
+        self._refresh_observed()
         self._grow()
 
     async def _keepalive(self, rec: _Record[C]) -> None:
@@ -756,7 +839,8 @@ class Pool(Generic[C]):
             self.connector.terminate(rec.conn)
             raise
         now = _monotonic()
-        rec.checked_at = now
+        rec.verified_at = now
+        self._touch(rec, now)
         self._mark_checked(now, now - start)
         self._put_back(rec)
 
@@ -771,6 +855,13 @@ class Pool(Generic[C]):
                      held=info.held_seconds, route=info.route)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _wait_snapshot(self) -> HistogramSnapshot:
+        # hot-path lends are counted, not observed: their wait is zero, in the first bucket
+        snap = self._wait_hist.snapshot()
+        counts = list(snap.counts)
+        counts[0] += self._fast_lends
+        return HistogramSnapshot(snap.bounds, tuple(counts), snap.count + self._fast_lends, snap.sum)
 
     def _mark_checked(self, now: float, seconds: float) -> None:
         self._last_check = now
@@ -789,7 +880,8 @@ class Pool(Generic[C]):
                 f"max_size={self._max_size})")
 
     def _down_error(self) -> BackendDown:
-        retry = self._breaker.retry_after(_monotonic())
+        # never 0: while a probe is due or in flight, clients should still back off a little
+        retry = max(self._breaker.retry_after(_monotonic()), self.config.backoff_initial)
         return BackendDown(f"{self.name}: backend down after {self._breaker.failures} failed connects; "
                            f"last error: {self._last_error}", resource=self.name, retry_after=retry)
 

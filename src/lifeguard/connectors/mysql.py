@@ -59,7 +59,7 @@ _DISCONNECT_CODES = frozenset({
     4031,  # ER_CLIENT_INTERACTION_TIMEOUT: closed by the server after wait_timeout (MySQL 8)
 })
 _URL_PARAMETERS = frozenset({"charset", "unix_socket", "sql_mode", "init_command", "program_name"})
-_OWN_OPTIONS = frozenset({"host", "port", "user", "password", "database", "db"})
+_OWN_OPTIONS = frozenset({"db"})  # deprecated alias of database
 
 
 def create(dsn: DSN, config: PoolConfig) -> MysqlConnector:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import weakref
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
@@ -82,12 +83,11 @@ class SqliteConnector:
         options = check_options(self.driver, config.options, _SQLITE_ARGS | _OWN_OPTIONS)
         self._begin = _choice(options.pop("begin", "IMMEDIATE"), _BEGIN, "begin")
         journal = _choice(options.pop("journal_mode", "WAL"), _JOURNAL, "journal_mode")
-        path = dsn.path
-        if dsn.scheme != "sqlite" or dsn.host:
+        if dsn.host:
             raise ConfigError(f"sqlite URLs have no host: sqlite:///relative.db or sqlite:////abs.db"
                               f" (got {dsn.redacted!r})")
         # sqlite:///rel.db has the path "/rel.db", sqlite:////abs.db has "//abs.db".
-        path = path[1:] if path.startswith("/") else path
+        path = dsn.path[1:] if dsn.path.startswith("/") else dsn.path
         query = dsn.query
         memory = path in ("", ":memory:") or query.get("mode") == "memory"
         if query:
@@ -100,39 +100,61 @@ class SqliteConnector:
         options.setdefault("timeout", 5.0)
         self._journal = None if memory or query.get("mode") == "ro" else journal
         self._options = options
+        self._redacted = dsn.redacted
         self._restore_pragmas: str | None = None
+        self._closing: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Future[None]] = (
+            weakref.WeakKeyDictionary())
 
     def __repr__(self) -> str:
-        return f"<SqliteConnector {self._database!r}>"
+        return f"<SqliteConnector {self._redacted}>"
 
     async def connect(self, timeout: float) -> aiosqlite.Connection:
-        async with asyncio.timeout(timeout):
-            conn = await aiosqlite.connect(self._database, **self._options)
-            try:
+        conn = aiosqlite.connect(self._database, **self._options)
+        try:
+            async with asyncio.timeout(timeout):
+                await conn
                 if self._journal is not None:
                     await conn.execute_fetchall(f"PRAGMA journal_mode = {self._journal}")
                 if self._restore_pragmas is None:
                     row = next(iter(await conn.execute_fetchall(_READ_PRAGMAS)))
                     self._restore_pragmas = "".join(
-                        f"PRAGMA {name} = {int(value)};" for name, value in zip(_SESSION_PRAGMAS, row,
-                                                                                strict=True))
-            except BaseException:
-                self.terminate(conn)
-                raise
+                        f"PRAGMA {name} = {int(value)};"
+                        for name, value in zip(_SESSION_PRAGMAS, row, strict=True))
+        except BaseException as exc:
+            self.terminate(conn)
+            if not isinstance(exc, asyncio.CancelledError):
+                # The worker thread's last act is to call back into this event loop; let it, so it
+                # never does so into a loop that has closed meanwhile (a failed open at shutdown).
+                for _ in range(1000):
+                    if not conn._thread.is_alive():
+                        break
+                    await asyncio.sleep(0.001)
+            raise
         return conn
 
     async def close(self, conn: aiosqlite.Connection) -> None:
-        await conn.close()
+        # aiosqlite's close() queues behind a running statement, still waits for it in a finally
+        # block when cancelled, and always ends with stop(); a second stop() after the first one
+        # is never served and its waiter hangs. So: one close per connection, run shielded, the
+        # running statement interrupted if the caller gives up, and terminate() holds off stop().
+        closing = self._closing.get(conn)
+        if closing is None:
+            if not conn._running:  # terminate() already stopped it
+                return
+            closing = self._closing[conn] = asyncio.ensure_future(conn.close())
+            closing.add_done_callback(_retrieve)
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            _interrupt(conn)
+            raise
 
     def terminate(self, conn: aiosqlite.Connection) -> None:
-        try:
-            # interrupt() is the one sqlite3 call made to be called from another thread; without it
-            # a long statement would keep the worker thread (and the file lock) until it ends.
-            raw = conn._connection
-            if raw is not None:
-                raw.interrupt()
-        except Exception:
-            pass
+        _interrupt(conn)
+        # Stopped already, or close() under way (it stops the thread itself): a second stop()
+        # would never be served.
+        if not conn._running or conn in self._closing:
+            return
         try:
             conn.stop()
         except Exception:  # terminate must never raise
@@ -196,3 +218,19 @@ def _choice(value: Any, allowed: frozenset[str], key: str) -> str:
     if text not in allowed:
         raise ConfigError(f"sqlite option {key} must be one of {', '.join(sorted(allowed))} (got {value!r})")
     return text
+
+
+def _interrupt(conn: aiosqlite.Connection) -> None:
+    # interrupt() is the one sqlite3 call made to be called from another thread; without it a long
+    # statement keeps the worker thread, and any write lock, until it ends.
+    try:
+        raw = conn._connection
+        if raw is not None:
+            raw.interrupt()
+    except Exception:
+        pass
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # read, so asyncio does not log "exception was never retrieved"

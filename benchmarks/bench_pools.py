@@ -1,0 +1,584 @@
+"""Pool benchmark: lifeguard against asyncpg, psycopg_pool, SQLAlchemy and a hand-written floor.
+
+Everything runs in one process, one event loop and one run: each round runs every contender once
+per scenario, in an order that rotates from round to round, and the table reports the median of
+the rounds. Every contender holds 10 connections to the same local PostgreSQL the whole time.
+
+    .venv/bin/python benchmarks/bench_pools.py              # 5 rounds, about 3.5 minutes
+    .venv/bin/python benchmarks/bench_pools.py --quick      # 1 short round, a smoke test
+    .venv/bin/python benchmarks/bench_pools.py --json out.json
+    .venv/bin/python benchmarks/bench_pools.py --profile a  # cProfile lifeguard in scenario (a)
+
+LIFEGUARD_BENCH_PG overrides the server URL (default postgresql://postgres@127.0.0.1:5432/test).
+See benchmarks/README.md for what each contender and scenario means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import datetime as dt
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from floor import FloorPool  # noqa: E402
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SIZE = 10
+clock = time.perf_counter
+
+Query = Callable[[Any], Awaitable[Any]]
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    tasks: int
+    query: str | None  # None: acquire+release only; "select1"; "sleep"
+    wait_latency: bool = False  # report the acquire wait, not the whole op
+    hold_yield: bool = False  # yield to the loop once while holding the connection
+    note: str = ""
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.key: s
+    for s in (
+        Scenario("a", "acquire+release, 1 task", 1, None),
+        Scenario("b", "acquire+release, 64 tasks", 64, None, hold_yield=True,
+                 note="each lease yields to the loop once (asyncio.sleep(0)), or 64 tasks run as 1"),
+        Scenario("c", "SELECT 1, 1 task", 1, "select1"),
+        Scenario("d", "SELECT 1, 64 tasks", 64, "select1"),
+        Scenario("e", "pg_sleep(5ms), 200 tasks", 200, "sleep", wait_latency=True,
+                 note="p50/p99 of (e) are the acquire wait; per op elsewhere"),
+    )
+}
+
+# the no-op-listener variant of lifeguard only runs where the pool itself is the whole cost
+LISTENER_SCENARIOS = ("a", "b")
+
+
+# -- contenders --------------------------------------------------------------------------------
+
+
+@dataclass
+class Contender:
+    name: str
+    acquire: Callable[[], Any]  # returns an async context manager yielding a connection
+    select1: Query
+    sleep: Query
+    close: Callable[[], Awaitable[Any]]
+    scenarios: tuple[str, ...] = tuple(SCENARIOS)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def _apg_select1(conn: Any) -> Any:
+    return await conn.fetchval("SELECT 1")
+
+
+async def _apg_sleep(conn: Any) -> Any:
+    return await conn.fetchval("SELECT pg_sleep(0.005)")
+
+
+async def _psy_select1(conn: Any) -> Any:
+    cur = await conn.execute("SELECT 1")
+    return await cur.fetchone()
+
+
+async def _psy_sleep(conn: Any) -> Any:
+    cur = await conn.execute("SELECT pg_sleep(0.005)")
+    return await cur.fetchone()
+
+
+async def _sa_select1(conn: Any) -> Any:
+    return (await conn.exec_driver_sql("SELECT 1")).scalar()
+
+
+async def _sa_sleep(conn: Any) -> Any:
+    return (await conn.exec_driver_sql("SELECT pg_sleep(0.005)")).scalar()
+
+
+class NoopListener:
+    """A PoolListener that does nothing: what remains is the cost of calling it."""
+
+    def on_acquired(self, resource: str, wait: float) -> None:
+        pass
+
+    def on_released(self, resource: str, use: float) -> None:
+        pass
+
+    def on_connected(self, resource: str, seconds: float) -> None:
+        pass
+
+    def on_timeout(self, resource: str) -> None:
+        pass
+
+
+def _scheme_url(url: str, scheme: str) -> str:
+    rest = url.split("://", 1)[1]
+    return f"{scheme}://{rest}"
+
+
+async def make_lifeguard(url: str, *, listener: bool = False) -> Contender:
+    from lifeguard import Lifeguard
+
+    guard = Lifeguard()
+    db = guard.pool("db", _scheme_url(url, "postgresql"), min_size=SIZE, max_size=SIZE)
+    if listener:
+        db.add_listener(NoopListener())
+    await guard.open()
+    return Contender(
+        "lifeguard+listener" if listener else "lifeguard", db.acquire, _apg_select1, _apg_sleep,
+        guard.close, LISTENER_SCENARIOS if listener else tuple(SCENARIOS), {"pool": db},
+    )
+
+
+async def make_asyncpg(url: str) -> Contender:
+    import asyncpg
+
+    pool = await asyncpg.create_pool(_scheme_url(url, "postgresql"), min_size=SIZE, max_size=SIZE)
+    return Contender("asyncpg", pool.acquire, _apg_select1, _apg_sleep, pool.close, extra={"pool": pool})
+
+
+async def make_psycopg(url: str) -> Contender:
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(_scheme_url(url, "postgresql"), min_size=SIZE, max_size=SIZE,
+                               kwargs={"autocommit": True}, open=False)
+    await pool.open(wait=True)
+    return Contender("psycopg_pool", pool.connection, _psy_select1, _psy_sleep, pool.close)
+
+
+async def make_sqlalchemy(url: str) -> Contender:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    # AUTOCOMMIT, like psycopg's autocommit=True: without it SQLAlchemy sends BEGIN before the
+    # SELECT and ROLLBACK at release, three round trips where the others make one.
+    engine = create_async_engine(_scheme_url(url, "postgresql+asyncpg"), pool_size=SIZE,
+                                 max_overflow=0, isolation_level="AUTOCOMMIT")
+    # SQLAlchemy connects lazily: fill the pool now so no connect lands in a measured run
+    conns = [await engine.connect().__aenter__() for _ in range(SIZE)]
+    for conn in conns:
+        await conn.close()
+
+    return Contender("sqlalchemy", engine.connect, _sa_select1, _sa_sleep, engine.dispose)
+
+
+async def make_floor(url: str) -> Contender:
+    pool = await FloorPool.connect(_scheme_url(url, "postgresql"), SIZE)
+    return Contender("floor", pool.acquire, _apg_select1, _apg_sleep, pool.close)
+
+
+FACTORIES: dict[str, Callable[[str], Awaitable[Contender]]] = {
+    "lifeguard": make_lifeguard,
+    "asyncpg": make_asyncpg,
+    "psycopg_pool": make_psycopg,
+    "sqlalchemy": make_sqlalchemy,
+    "floor": make_floor,
+}
+
+
+# -- the measured loops ------------------------------------------------------------------------
+# One clock read per op: the gap between consecutive reads is the op's latency for that task.
+
+
+async def _loop_bare(acquire: Callable[[], Any], deadline: float, out: list[float]) -> None:
+    append = out.append
+    prev = clock()
+    while prev < deadline:
+        async with acquire():
+            pass
+        now = clock()
+        append(now - prev)
+        prev = now
+
+
+async def _loop_hold(acquire: Callable[[], Any], deadline: float, out: list[float]) -> None:
+    append = out.append
+    pause = asyncio.sleep
+    prev = clock()
+    while prev < deadline:
+        async with acquire():
+            await pause(0)
+        now = clock()
+        append(now - prev)
+        prev = now
+
+
+async def _loop_query(acquire: Callable[[], Any], query: Query, deadline: float,
+                      out: list[float]) -> None:
+    append = out.append
+    prev = clock()
+    while prev < deadline:
+        async with acquire() as conn:
+            await query(conn)
+        now = clock()
+        append(now - prev)
+        prev = now
+
+
+async def _loop_wait(acquire: Callable[[], Any], query: Query, deadline: float,
+                     out: list[float]) -> None:
+    append = out.append
+    while clock() < deadline:
+        start = clock()
+        async with acquire() as conn:
+            got = clock()
+            await query(conn)
+        append(got - start)
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_one(c: Contender, s: Scenario, duration: float) -> dict[str, float]:
+    gc.collect()
+    samples: list[float] = []
+    query = None if s.query is None else (c.select1 if s.query == "select1" else c.sleep)
+    start = clock()
+    deadline = start + duration
+
+    def worker() -> Awaitable[None]:
+        if query is None:
+            if s.hold_yield:
+                return _loop_hold(c.acquire, deadline, samples)
+            return _loop_bare(c.acquire, deadline, samples)
+        if s.wait_latency:
+            return _loop_wait(c.acquire, query, deadline, samples)
+        return _loop_query(c.acquire, query, deadline, samples)
+
+    if s.tasks == 1:
+        await worker()
+    else:
+        await asyncio.gather(*(worker() for _ in range(s.tasks)))
+    elapsed = clock() - start
+    samples.sort()
+    return {"ops": len(samples), "seconds": elapsed, "ops_s": len(samples) / elapsed,
+            "p50": _pct(samples, 0.50), "p99": _pct(samples, 0.99)}
+
+
+# -- micro-measurements of lifeguard's own costs -----------------------------------------------
+
+
+def _best_ns(stmt: str, env: dict[str, Any], number: int, repeat: int = 7) -> float:
+    return min(timeit.repeat(stmt, globals=env, number=number, repeat=repeat)) / number * 1e9
+
+
+async def measure_handle(lg: Contender, apg: Contender | None, calls: int) -> dict[str, float]:
+    """ns per ``conn.is_closed()`` through lifeguard's handle, on the raw connection, and through
+    asyncpg's own pool proxy (which forwards the same way)."""
+    from lifeguard import unwrap
+
+    out: dict[str, float] = {}
+    async with lg.acquire() as handle:
+        raw = unwrap(handle)
+        out["raw_ns"] = _best_ns("c.is_closed()", {"c": raw}, calls)
+        out["handle_ns"] = _best_ns("c.is_closed()", {"c": handle}, calls)
+    if apg is not None:
+        async with apg.acquire() as proxy:
+            out["asyncpg_proxy_ns"] = _best_ns("c.is_closed()", {"c": proxy}, calls)
+    out["calls"] = calls
+    return out
+
+
+def measure_stats_keeping() -> float:
+    """ns per op that lifeguard's always-on stats cost: two histogram observations and two counters."""
+    from lifeguard.observe.stats import Histogram
+
+    class Counters:
+        acquired = 0
+        released = 0
+
+    env = {"w": Histogram(), "u": Histogram(), "k": Counters()}
+    stmt = "w.observe(2e-06); k.acquired += 1; u.observe(3e-06); k.released += 1"
+    return _best_ns(stmt, env, 200_000) - _best_ns("pass", env, 200_000)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def _med(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def _fmt_lat(seconds: float) -> str:
+    if seconds != seconds:
+        return "-"
+    if seconds >= 0.01:
+        return f"{seconds * 1e3:.1f}ms"
+    if seconds >= 0.001:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds * 1e6:.1f}us"
+
+
+def summarize(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key, per in results.items():
+        out[key] = {}
+        for name, rows in per.items():
+            if rows:
+                out[key][name] = {m: _med(rows, m) for m in ("ops_s", "p50", "p99", "ops")}
+                out[key][name]["rounds"] = len(rows)
+    return out
+
+
+def print_table(summary: dict[str, dict[str, dict[str, float]]], order: list[str]) -> None:
+    print()
+    print(f"{'scenario':<30} {'contender':<19} {'ops/s':>9} {'p50':>9} {'p99':>9} {'x floor':>8}")
+    print("-" * 89)
+    for key, per in summary.items():
+        s = SCENARIOS[key]
+        floor = per.get("floor")
+        label = f"({key}) {s.title}"
+        for name in order:
+            if name not in per:
+                continue
+            m = per[name]
+            ratio = f"{m['ops_s'] / floor['ops_s']:.2f}" if floor else "-"
+            print(f"{label:<30} {name:<19} {m['ops_s']:>9,.0f} {_fmt_lat(m['p50']):>9} "
+                  f"{_fmt_lat(m['p99']):>9} {ratio:>8}")
+            label = ""
+        if s.note:
+            print(f"{'':<30} ({s.note})")
+        print()
+
+
+def check_targets(summary: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    def ratio(key: str, metric: str) -> float | None:
+        per = summary.get(key, {})
+        if "lifeguard" not in per or "floor" not in per:
+            return None
+        return per["lifeguard"][metric] / per["floor"][metric]
+
+    targets = [
+        ("(a) acquire+release 1 task: ops/s >= 0.5x floor", ratio("a", "ops_s"), lambda r: r >= 0.5),
+        ("(b) acquire+release 64 tasks: ops/s >= 0.5x floor", ratio("b", "ops_s"), lambda r: r >= 0.5),
+        ("(d) SELECT 1 64 tasks: ops/s >= 0.9x floor", ratio("d", "ops_s"), lambda r: r >= 0.9),
+        ("(e) 200 tasks: wait p99 <= 1.1x floor", ratio("e", "p99"), lambda r: r <= 1.1),
+    ]
+    out = []
+    for text, value, ok in targets:
+        out.append({"target": text, "ratio": value,
+                    "passed": None if value is None else bool(ok(value))})
+    return out
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def _source_digest() -> str:
+    """A short digest of lifeguard's hot-path sources, to tell which code a result belongs to."""
+    import hashlib
+
+    import lifeguard
+
+    root = os.path.dirname(os.path.abspath(lifeguard.__file__))
+    h = hashlib.sha256()
+    for rel in ("pool.py", "handle.py", "observe/stats.py", "connectors/asyncpg.py"):
+        with open(os.path.join(root, rel), "rb") as fh:
+            h.update(fh.read())
+    return f"{lifeguard.__version__} pool/handle/stats/asyncpg sha256:{h.hexdigest()[:12]}"
+
+
+async def profile_lifeguard(url: str, key: str, duration: float) -> None:
+    lg = await make_lifeguard(url)
+    try:
+        s = SCENARIOS[key]
+        await run_one(lg, s, 0.3)
+        prof = cProfile.Profile()
+        prof.enable()
+        res = await run_one(lg, s, duration)
+        prof.disable()
+        print(f"lifeguard ({key}) {s.title} under cProfile: {res['ops_s']:,.0f} ops/s "
+              f"(cProfile slows everything; read the shares, not the rate)")
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf)
+        st.sort_stats("tottime").print_stats(25)
+        print(buf.getvalue())
+    finally:
+        await lg.close()
+
+
+async def amain(args: argparse.Namespace) -> int:
+    url = os.environ.get("LIFEGUARD_BENCH_PG", DEFAULT_URL)
+    if args.profile:
+        await profile_lifeguard(url, args.profile, args.duration)
+        return 0
+
+    names = [n for n in FACTORIES if n in args.contenders]
+    keys = [k for k in SCENARIOS if k in args.scenarios]
+    wall0 = clock()
+    contenders: list[Contender] = []
+    try:
+        for name in names:
+            contenders.append(await FACTORIES[name](url))
+        if "lifeguard" in names and not args.no_listener:
+            contenders.append(await make_lifeguard(url, listener=True))
+        order = [c.name for c in contenders]
+        by_name = {c.name: c for c in contenders}
+
+        import asyncpg
+        import psycopg
+        import sqlalchemy
+
+        probe = await asyncpg.connect(_scheme_url(url, "postgresql"))
+        server = await probe.fetchval("SHOW server_version")
+        await probe.close()
+        meta = {
+            "lifeguard_src": _source_digest(),
+            "loadavg_start": os.getloadavg()[0],
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} "
+                       f"{platform.release()}",
+            "python": platform.python_version(),
+            "loop": type(asyncio.get_running_loop()).__name__,
+            "postgresql": server,
+            "asyncpg": asyncpg.__version__, "psycopg": psycopg.__version__,
+            "psycopg_impl": psycopg.pq.__impl__, "sqlalchemy": sqlalchemy.__version__,
+            "rounds": args.rounds, "duration": args.duration, "pool_size": SIZE,
+        }
+        print(f"# {meta['date']}  {meta['machine']}  Python {meta['python']}  "
+              f"PostgreSQL {server}  asyncpg {meta['asyncpg']}  psycopg {meta['psycopg']} "
+              f"({meta['psycopg_impl']})  SQLAlchemy {meta['sqlalchemy']}")
+        print(f"# lifeguard source {meta['lifeguard_src']}")
+        runs = sum(1 for c in contenders for k in keys if k in c.scenarios)
+        print(f"# {args.rounds} round(s) x {runs} runs of ~{args.duration}s "
+              f"(estimate {args.rounds * runs * args.duration + 10:.0f}s)", flush=True)
+
+        # warm-up: prepared statements, handle classes, psycopg's auto-prepare, SQLAlchemy caches
+        for key in keys:
+            for c in contenders:
+                if key in c.scenarios:
+                    await run_one(c, SCENARIOS[key], args.warmup)
+
+        results: dict[str, dict[str, list[dict[str, float]]]] = {
+            k: {c.name: [] for c in contenders if k in c.scenarios} for k in keys}
+        for rnd in range(args.rounds):
+            t0 = clock()
+            for si, key in enumerate(keys):
+                here = [c for c in contenders if key in c.scenarios]
+                shift = (rnd + si) % len(here)
+                for c in here[shift:] + here[:shift]:
+                    results[key][c.name].append(await run_one(c, SCENARIOS[key], args.duration))
+            print(f"# round {rnd + 1}/{args.rounds} done in {clock() - t0:.1f}s", file=sys.stderr,
+                  flush=True)
+
+        summary = summarize(results)
+        print_table(summary, order)
+
+        overheads: dict[str, Any] = {}
+        # the listener: per-round paired ratio, against lifeguard's own round-to-round spread
+        if "lifeguard+listener" in by_name:
+            print("lifeguard overheads")
+            for key in LISTENER_SCENARIOS:
+                if key not in results:
+                    continue
+                plain = results[key]["lifeguard"]
+                lis = results[key]["lifeguard+listener"]
+                ratios = [b["ops_s"] / a["ops_s"] for a, b in zip(plain, lis, strict=True)]
+                spread = (max(r["ops_s"] for r in plain) - min(r["ops_s"] for r in plain)) \
+                    / _med(plain, "ops_s")
+                med = statistics.median(ratios)
+                overheads[f"listener_{key}"] = {"ratio": med, "ratios": ratios, "noise": spread}
+                print(f"  no-op PoolListener, ({key}): {_med(lis, 'ops_s'):,.0f} vs "
+                      f"{_med(plain, 'ops_s'):,.0f} ops/s without = {(med - 1) * 100:+.1f}% "
+                      f"(per-round {min(ratios):.3f}..{max(ratios):.3f}; lifeguard's own "
+                      f"round-to-round spread {spread * 100:.1f}%)")
+        if "lifeguard" in by_name:
+            stats_ns = measure_stats_keeping()
+            overheads["stats_ns_per_op"] = stats_ns
+            if "a" in summary and "lifeguard" in summary["a"]:
+                op_ns = 1e9 / summary["a"]["lifeguard"]["ops_s"]
+                print(f"  stats keeping (2 histogram observes + 2 counters, always on): "
+                      f"{stats_ns:.0f} ns/op = {stats_ns / op_ns * 100:.1f}% of lifeguard's "
+                      f"{op_ns:.0f} ns acquire+release in (a)")
+            else:
+                print(f"  stats keeping (2 histogram observes + 2 counters): {stats_ns:.0f} ns/op")
+            h = await measure_handle(by_name["lifeguard"], by_name.get("asyncpg"), args.handle_calls)
+            overheads["handle"] = h
+            line = (f"  handle forwarding, {args.handle_calls:,} conn.is_closed(): raw "
+                    f"{h['raw_ns']:.0f} ns/call, lifeguard handle {h['handle_ns']:.0f} ns/call "
+                    f"(+{h['handle_ns'] - h['raw_ns']:.0f} ns)")
+            if "asyncpg_proxy_ns" in h:
+                line += (f", asyncpg pool proxy {h['asyncpg_proxy_ns']:.0f} ns/call "
+                         f"(+{h['asyncpg_proxy_ns'] - h['raw_ns']:.0f} ns)")
+            print(line)
+            print()
+
+        targets = check_targets(summary)
+        for t in targets:
+            verdict = "n/a " if t["passed"] is None else ("PASS" if t["passed"] else "FAIL")
+            value = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+            print(f"{verdict}  {t['target']}: lifeguard = {value}")
+        judged = [t for t in targets if t["passed"] is not None]
+        failed = [t for t in judged if not t["passed"]]
+        overall = "n/a" if not judged else ("FAIL" if failed else "PASS")
+        print(f"TARGETS: {overall} ({len(judged) - len(failed)}/{len(judged)} met)")
+        meta["loadavg_end"] = os.getloadavg()[0]
+        print(f"# total wall time {clock() - wall0:.0f}s; 1-min load average {meta['loadavg_start']:.2f}"
+              f" at start, {meta['loadavg_end']:.2f} at end (this process alone adds about 1)")
+
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"meta": meta, "results": results, "median": summary,
+                           "overheads": overheads, "targets": targets}, fh, indent=2)
+            print(f"# results saved to {args.json}")
+        return 1 if (args.check and overall == "FAIL") else 0
+    finally:
+        for c in reversed(contenders):
+            try:
+                await c.close()
+            except Exception as exc:  # pragma: no cover - best effort at exit
+                print(f"# closing {c.name}: {exc!r}", file=sys.stderr)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--duration", type=float, default=1.25,
+                   help="seconds per contender per scenario per round (default 1.25)")
+    p.add_argument("--warmup", type=float, default=0.15, help="warm-up seconds per run (default 0.15)")
+    p.add_argument("--quick", action="store_true", help="1 round of 0.3s runs: a smoke test")
+    p.add_argument("--json", metavar="FILE", help="save every round and the medians as JSON")
+    p.add_argument("--contenders", default=",".join(FACTORIES),
+                   help=f"comma-separated subset of {','.join(FACTORIES)}")
+    p.add_argument("--scenarios", default="abcde", help="subset of abcde (default all)")
+    p.add_argument("--no-listener", action="store_true", help="skip the lifeguard+listener variant")
+    p.add_argument("--handle-calls", type=int, default=100_000)
+    p.add_argument("--profile", choices=list(SCENARIOS), metavar="SCENARIO",
+                   help="instead: run lifeguard alone in one scenario under cProfile")
+    p.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    args = p.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 0.3, 0.05
+    args.contenders = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    unknown = set(args.contenders) - set(FACTORIES)
+    if unknown:
+        p.error(f"unknown contender(s): {', '.join(sorted(unknown))}")
+    if set(args.scenarios) - set(SCENARIOS):
+        p.error("--scenarios takes letters from abcde")
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

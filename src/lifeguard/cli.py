@@ -1,0 +1,342 @@
+"""``lifeguard check | top | demo``: a thin shell over the library.
+
+* ``lifeguard check URL...`` connects to each database the way a pool would, pings it and reads what
+  the server says about itself; one line per URL (the URL redacted), exit 0 when every one answered.
+* ``lifeguard top URL`` watches a running service's pools through its ``/lifeguard/stats`` route.
+* ``lifeguard demo`` runs the example service (``examples/notes_app.py``) with uvicorn.
+
+rich and httpx come with the ``cli`` extra, uvicorn with ``demo``; they are imported only by the
+subcommand that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lifeguard.config import DSN, PoolConfig, Secrets
+from lifeguard.errors import ConfigError
+from lifeguard.observe.stats import HistogramSnapshot
+
+__all__ = ["main"]
+
+_EXTRA = {"rich": "cli", "httpx": "cli", "uvicorn": "demo"}
+
+
+class _Missing(Exception):
+    """A subcommand's optional dependency is not installed."""
+
+
+def _need(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.partition(".")[0]
+        raise _Missing(f"`lifeguard` needs {top} for this: pip install 'lifeguard[{_EXTRA[top]}]'") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 healthy, 1 not, 2 usage or setup error)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except _Missing as exc:
+        print(f"lifeguard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    from lifeguard import __version__
+
+    parser = argparse.ArgumentParser(prog="lifeguard", description="Check databases, watch pools, run the "
+                                     "demo.")
+    parser.add_argument("--version", action="version", version=f"lifeguard {__version__}")
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="connect to databases, ping them and show what they are",
+                           description="Connect to each URL as a pool would, ping it, read the server's "
+                           "version and connection limit. Exit 0 when every one answered, else 1.")
+    check.add_argument("urls", nargs="+", metavar="URL",
+                       help="postgresql://, postgresql+psycopg://, mysql://, mariadb:// or sqlite:/// URL")
+    check.add_argument("--timeout", type=_seconds, default=10.0,
+                       help="seconds to wait for each database (default: 10)")
+    check.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    check.set_defaults(run=_check)
+
+    top = sub.add_parser("top", help="watch the pools of a running service",
+                         description="Read URL/lifeguard/stats (the route guard.install adds) and show "
+                         "each pool, refreshed every --interval seconds. Exit 1 when it cannot be read.")
+    top.add_argument("url", metavar="URL", help="the service, e.g. http://127.0.0.1:8000")
+    top.add_argument("--interval", type=_seconds, default=1.0, help="seconds between refreshes (default: 1)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.set_defaults(run=_top)
+
+    demo = sub.add_parser("demo", help="run the example notes service",
+                          description="Run examples/notes_app.py with uvicorn (SQLite unless "
+                          "NOTES_DATABASE_URL says otherwise).")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    demo.add_argument("--app", type=Path, default=None, metavar="PATH",
+                      help="the example's file (default: examples/notes_app.py of this checkout)")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
+
+
+# -- check ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Result:
+    url: str  # redacted
+    ok: bool
+    product: str | None = None
+    version: str | None = None
+    max_connections: int | None = None
+    connect_ms: float | None = None
+    ping_ms: float | None = None
+    error: str | None = None
+
+    def line(self) -> str:
+        if not self.ok:
+            return f"FAIL  {self.url}  {self.error}"
+        limit = "n/a" if self.max_connections is None else str(self.max_connections)
+        return (f"ok    {self.url}  {self.product} {self.version}  max_connections={limit}  "
+                f"connect={self.connect_ms:.1f}ms  ping={self.ping_ms:.2f}ms")
+
+
+def _check(args: argparse.Namespace) -> int:
+    rich_console = _need("rich.console")
+    err = rich_console.Console(stderr=True)
+    with err.status(f"connecting to {len(args.urls)} database(s)…", spinner="dots"):
+        results = asyncio.run(_check_all(args.urls, args.timeout))
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        for r in results:
+            print(r.line())
+    return 0 if all(r.ok for r in results) else 1
+
+
+async def _check_all(urls: Sequence[str], timeout: float) -> list[_Result]:
+    return list(await asyncio.gather(*(_check_one(url, timeout) for url in urls)))
+
+
+async def _check_one(url: str, timeout: float) -> _Result:
+    from lifeguard.connectors import connector_for
+
+    try:
+        dsn = DSN(url)
+    except ConfigError as exc:
+        return _Result(url="(unparsable URL)", ok=False, error=f"ConfigError: {exc}")
+    config = PoolConfig()
+    secrets = Secrets((*dsn.secrets.values, *config.secrets))
+    result = _Result(url=dsn.redacted, ok=False)
+    conn: Any = None
+    try:
+        connector = connector_for(dsn, config)
+        async with asyncio.timeout(timeout):
+            start = time.perf_counter()
+            conn = await connector.connect(timeout)
+            result.connect_ms = (time.perf_counter() - start) * 1000
+            start = time.perf_counter()
+            await connector.ping(conn)
+            result.ping_ms = (time.perf_counter() - start) * 1000
+            info = await connector.server_info(conn)
+        result.product, result.version, result.max_connections = (
+            info.product, info.version, info.max_connections)
+        result.ok = True
+    except TimeoutError:
+        result.error = f"no answer within {timeout:g}s"
+    except Exception as exc:
+        result.error = secrets.scrub(f"{type(exc).__name__}: {exc}".strip())
+    finally:
+        if conn is not None:
+            try:
+                async with asyncio.timeout(min(timeout, 5.0)):
+                    await connector.close(conn)
+            except Exception:
+                connector.terminate(conn)
+    return result
+
+
+# -- top --------------------------------------------------------------------------------------------
+
+
+def _stats_url(url: str) -> str:
+    url = url.rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    return url if url.endswith("/lifeguard/stats") else url + "/lifeguard/stats"
+
+
+def _top(args: argparse.Namespace) -> int:
+    httpx = _need("httpx")
+    rich_console = _need("rich.console")
+    rich_live = _need("rich.live")
+    url = _stats_url(args.url)
+    out = rich_console.Console()
+    err = rich_console.Console(stderr=True)
+    shown = DSN(url).redacted if "@" in url else url
+    with httpx.Client(timeout=max(args.interval, 2.0)) as client:
+        try:
+            frame = _Frame.read(client, url)
+        except Exception as exc:
+            err.print(f"lifeguard top: cannot read {shown}: {type(exc).__name__}: {exc}", markup=False)
+            return 1
+        if args.once:
+            out.print(frame.table(None, shown))
+            return 0
+        previous: _Frame | None = None
+        with rich_live.Live(frame.table(previous, shown), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                try:
+                    previous, frame = frame, _Frame.read(client, url)
+                    live.update(frame.table(previous, shown), refresh=True)
+                except httpx.HTTPError as exc:
+                    live.update(frame.table(previous, shown, error=f"{type(exc).__name__}: {exc}"),
+                                refresh=True)
+
+
+@dataclass
+class _Frame:
+    """One reading of ``/lifeguard/stats``, and how to draw it next to the previous one."""
+
+    at: float
+    pools: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def read(cls, client: Any, url: str) -> _Frame:
+        response = client.get(url)
+        response.raise_for_status()
+        pools = response.json()
+        if not isinstance(pools, dict):
+            raise ValueError("the answer is not a JSON object of pools")
+        return cls(time.monotonic(), pools)
+
+    def table(self, previous: _Frame | None, url: str, error: str | None = None) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        window = "last interval" if previous else "since start"
+        caption = f"{url} · rates and wait quantiles over the {window}"
+        table = Table(title="lifeguard top", caption=error or caption,
+                      caption_style="red" if error else "dim")
+        for column in ("pool", "driver", "state", "circuit"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("connections (used/idle/connecting of max)", no_wrap=True)
+        for column in ("size", "idle", "used", "conn", "wait", "max", "acq/s", "timeouts", "discards",
+                       "wait p50", "wait p99"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for name, s in self.pools.items():
+            before = previous.pools.get(name) if previous else None
+            rate = "-"
+            wait = _histogram(s.get("wait_time"))
+            if before is not None and previous is not None:
+                elapsed = max(self.at - previous.at, 1e-9)
+                rate = f"{(int(s.get('acquired', 0)) - int(before.get('acquired', 0))) / elapsed:.1f}"
+                wait = _minus(wait, _histogram(before.get("wait_time")))
+            discarded = s.get("discarded") or {}
+            circuit = str(s.get("circuit", "?"))
+            table.add_row(
+                name, str(s.get("driver", "?")), str(s.get("state", "?")),
+                Text(circuit, style="bold red" if circuit == "open" else "green"),
+                _bar(int(s.get("in_use", 0)), int(s.get("idle", 0)), int(s.get("connecting", 0)),
+                     int(s.get("max_size", 0))),
+                *(str(s.get(k, "?")) for k in _NUMBERS),
+                rate, str(s.get("timeouts", 0)), str(sum(int(v) for v in discarded.values())),
+                _quantile(wait, 0.5), _quantile(wait, 0.99),
+            )
+        return table
+
+
+_NUMBERS = ("size", "idle", "in_use", "connecting", "waiting", "max_size")
+
+
+def _bar(used: int, idle: int, connecting: int, maximum: int, width: int = 20) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    if maximum <= 0:
+        return text
+    cells = [round(width * n / maximum) for n in (used, idle, connecting)]
+    for n, style in zip(cells, ("yellow", "green", "blue"), strict=True):
+        text.append("█" * n, style=style)
+    text.append("░" * max(0, width - sum(cells)), style="dim")
+    return text
+
+
+def _histogram(data: Any) -> HistogramSnapshot | None:
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        bounds = tuple(float(b) for b in data["bounds"])
+        counts = tuple(int(c) for c in data["counts"])
+        return HistogramSnapshot(bounds, counts, int(data["count"]), float(data["sum"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _minus(now: HistogramSnapshot | None, before: HistogramSnapshot | None) -> HistogramSnapshot | None:
+    """The observations made between two snapshots (those since start when they do not line up)."""
+    if now is None or before is None or now.bounds != before.bounds or now.count < before.count:
+        return now
+    return HistogramSnapshot(now.bounds, tuple(a - b for a, b in zip(now.counts, before.counts, strict=True)),
+                             now.count - before.count, now.sum - before.sum)
+
+
+def _quantile(h: HistogramSnapshot | None, q: float) -> str:
+    if h is None or not h.count:
+        return "-"
+    bound = h.quantile(q)
+    if bound == float("inf"):
+        return f">{h.bounds[-1]:g}s"
+    return f"≤{bound * 1000:g}ms" if bound < 1 else f"≤{bound:g}s"
+
+
+# -- demo -------------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    uvicorn = _need("uvicorn")
+    path: Path = args.app or Path(__file__).resolve().parents[2] / "examples" / "notes_app.py"
+    if not path.is_file():
+        print(f"lifeguard demo: the example is not at {path} (it ships with the source checkout; "
+              "pass --app PATH)", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("lifeguard_demo_app", path)
+    if spec is None or spec.loader is None:
+        print(f"lifeguard demo: cannot import {path}", file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    print(f"lifeguard demo: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
+    uvicorn.run(module.app, host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

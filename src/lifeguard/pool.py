@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from bisect import bisect_left
 import random
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Awaitable, Coroutine
 from types import TracebackType
@@ -43,9 +43,23 @@ _bisect = bisect_left
 class _Record(Generic[C]):
     """One pooled connection and the facts the pool keeps about it."""
 
-    __slots__ = ("checked_at", "conn", "created_at", "expires_at", "generation", "handle_cls",
-                 "fresh_until", "keepalive_due", "last_used", "leak_reported", "lease_start", "pool",
-                 "route", "stack", "verified_at")
+    __slots__ = (
+        "checked_at",
+        "conn",
+        "created_at",
+        "expires_at",
+        "fresh_until",
+        "generation",
+        "handle_cls",
+        "keepalive_due",
+        "last_used",
+        "leak_reported",
+        "lease_start",
+        "pool",
+        "route",
+        "stack",
+        "verified_at",
+    )
 
     def __init__(self, pool: Pool[C], conn: C, now: float, expires_at: float, generation: int,
                  keepalive_due: float, check_after: float) -> None:

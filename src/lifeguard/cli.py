@@ -237,18 +237,20 @@ class _Frame:
         return cls(time.monotonic(), pools)
 
     def table(self, previous: _Frame | None, url: str, error: str | None = None) -> Any:
+        from rich import box
         from rich.table import Table
         from rich.text import Text
 
-        window = "last interval" if previous else "since start"
-        caption = f"{url} · rates and wait quantiles over the {window}"
-        table = Table(title="lifeguard top", caption=error or caption,
+        window = "over the last interval" if previous else "since start"
+        caption = (f"{url}\nbar: used, idle, connecting of max · queue: callers waiting · "
+                   f"acq/s and wait quantiles {window}")
+        table = Table(title="lifeguard top", caption=error or caption, box=box.SIMPLE_HEAD, padding=(0, 0),
                       caption_style="red" if error else "dim")
-        for column in ("pool", "driver", "state", "circuit"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("connections (used/idle/connecting of max)", no_wrap=True)
-        for column in ("size", "idle", "used", "conn", "wait", "max", "acq/s", "timeouts", "discards",
-                       "wait p50", "wait p99"):
+        table.add_column("pool", no_wrap=True)
+        table.add_column("state", no_wrap=True)
+        table.add_column("connections", no_wrap=True)
+        for column in ("size", "idle", "used", "conn", "queue", "max", "acq/s", "timeouts", "discards",
+                       "p50 wait", "p99 wait"):
             table.add_column(column, justify="right", no_wrap=True)
         for name, s in self.pools.items():
             before = previous.pools.get(name) if previous else None
@@ -260,9 +262,10 @@ class _Frame:
                 wait = _minus(wait, _histogram(before.get("wait_time")))
             discarded = s.get("discarded") or {}
             circuit = str(s.get("circuit", "?"))
+            state = Text(str(s.get("state", "?")))
+            state.append("\ncircuit " + circuit, style="bold red" if circuit == "open" else "dim")
             table.add_row(
-                name, str(s.get("driver", "?")), str(s.get("state", "?")),
-                Text(circuit, style="bold red" if circuit == "open" else "green"),
+                Text(name).append("\n" + str(s.get("driver", "?")), style="dim"), state,
                 _bar(int(s.get("in_use", 0)), int(s.get("idle", 0)), int(s.get("connecting", 0)),
                      int(s.get("max_size", 0))),
                 *(str(s.get(k, "?")) for k in _NUMBERS),
@@ -275,7 +278,7 @@ class _Frame:
 _NUMBERS = ("size", "idle", "in_use", "connecting", "waiting", "max_size")
 
 
-def _bar(used: int, idle: int, connecting: int, maximum: int, width: int = 20) -> Any:
+def _bar(used: int, idle: int, connecting: int, maximum: int, width: int = 12) -> Any:
     from rich.text import Text
 
     text = Text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,7 +59,7 @@ def test_check_postgres(postgres_url: str) -> None:
     line = result.stdout.strip()
     assert line.startswith("ok")
     assert "PostgreSQL 1" in line
-    assert "max_connections=" in line and line.split("max_connections=")[1][0].isdigit()
+    assert re.search(r"max_connections=\d+", line)
 
 
 @pytest.mark.mysql
@@ -68,7 +69,7 @@ def test_check_mariadb(mysql_url: str) -> None:
     assert result.returncode == 0, result
     line = result.stdout.strip()
     assert "MariaDB" in line or "MySQL" in line
-    assert "max_connections=" in line and line.split("max_connections=")[1][0].isdigit()
+    assert re.search(r"max_connections=\d+", line)
 
 
 def test_check_sqlite(sqlite_url: str) -> None:
@@ -111,9 +112,11 @@ def test_check_json_and_mixed_results(postgres_url: str, sqlite_url: str) -> Non
     assert result.returncode == 1
     rows = json.loads(result.stdout)
     assert [r["ok"] for r in rows] == [True, True, False]
-    assert rows[0]["product"] == "PostgreSQL" and rows[0]["max_connections"] > 0
-    assert rows[1]["product"] == "SQLite" and rows[1]["max_connections"] is None
-    assert rows[0]["ping_ms"] >= 0 and rows[0]["connect_ms"] > 0
+    assert (rows[0]["product"], rows[1]["product"]) == ("PostgreSQL", "SQLite")
+    assert rows[0]["max_connections"] > 0
+    assert rows[1]["max_connections"] is None
+    assert rows[0]["ping_ms"] >= 0
+    assert rows[0]["connect_ms"] > 0
     assert "ConnectionRefusedError" in rows[2]["error"]
 
 
@@ -163,7 +166,8 @@ def _wait_until_up(proc: subprocess.Popen[str], base: str, timeout: float = 30) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}: {proc.stderr and proc.stderr.read()}")
+            detail = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(f"the server exited with {proc.returncode}: {detail}")
         try:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 return
@@ -201,9 +205,11 @@ def test_top_once_shows_the_pool_row(server: str) -> None:
     """top --once reads /lifeguard/stats and prints one frame with a row per pool."""
     result = run("top", server, "--once")
     assert result.returncode == 0, result
-    row = next(line for line in result.stdout.splitlines() if " db " in line)
-    assert "aiosqlite" in row
-    assert "open" in row and "closed" in row  # the pool's state, and its circuit's
+    lines = result.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split()[:2] == ["db", "open"])
+    assert re.search(r"█+", lines[at])  # the connections bar
+    assert lines[at].split()[-11:-7] == ["1", "1", "0", "0"]  # size, idle, used, connecting
+    assert lines[at + 1].split()[:3] == ["aiosqlite", "circuit", "closed"]
     assert "lifeguard top" in result.stdout
 
 

@@ -543,13 +543,16 @@ async def test_backend_down_answers_503_fast() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_readyz_turns_red_during_drain_while_livez_stays_green(backend: Backend) -> None:
-    """/livez answers 200 always; /readyz 200 while open and 503 from the start of the drain."""
-    app, guard, db = make_app(backend.url, drain_timeout=5)
+async def test_readyz_turns_red_as_the_drain_starts_while_livez_stays_green(backend: Backend) -> None:
+    """/livez answers 200 always; /readyz 200 while open and 503 from the first moment of the drain,
+    while a required pool still serves."""
+    app, guard, db = make_app(backend.url)
+    # declared last, so drained first: while it waits for its lease, `db` is still open and ready
+    reports = guard.pool("reports", backend.url, optional=True, drain_timeout=5)
     inside, done = asyncio.Event(), asyncio.Event()
 
     @app.get("/hold")
-    async def hold(conn: Any = db.connection) -> dict[str, bool]:
+    async def hold(conn: Any = reports.connection) -> dict[str, bool]:
         inside.set()
         await done.wait()
         return {"held": True}
@@ -566,8 +569,9 @@ async def test_readyz_turns_red_during_drain_while_livez_stays_green(backend: Ba
 
         holder = await started(client.get("/hold"), inside)
         shutdown = asyncio.ensure_future(lifespan.shutdown())
-        await wait_until(lambda: guard.draining)
+        await wait_until(lambda: reports.state == "draining")
         assert not shutdown.done()  # the drain waits for the lease still out
+        assert db.stats().ready  # so only the service's own drain can turn readiness red
         draining = await client.get("/readyz")
         assert draining.status_code == 503
         assert draining.json()["status"] == "fail"
@@ -578,6 +582,7 @@ async def test_readyz_turns_red_during_drain_while_livez_stays_green(backend: Ba
         assert (await client.get("/livez")).status_code == 200
         assert (await client.get("/readyz")).status_code == 503
     assert_all_returned(db)
+    assert_all_returned(reports)
 
 
 # -- the demo -------------------------------------------------------------------------------------------

@@ -1,12 +1,18 @@
-"""A password given to lifeguard never comes out again: not in logs, reprs, errors, health, stats or metrics."""
+"""A password given to lifeguard never comes out again: not in logs, reprs, errors, health, stats,
+metrics."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the endpoints' local Annotated aliases.
 import asyncio
 import logging
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,10 +22,9 @@ from fastapi import FastAPI
 
 from lifeguard import BackendDown, Lifeguard, PoolConfig, PoolTimeout
 from lifeguard.testing import FakeConnection, FakeConnector
+from tests.unit.test_metrics import Scrape
 
 CANARY = "canary-S3cr3t"
-
-pytestmark = pytest.mark.postgres
 
 
 def with_password(url: str, password: str) -> str:
@@ -81,6 +86,7 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.postgres
 async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Open, lend, return, fail to connect, time out, 503, health, stats, metrics, reprs, errors, logs:
     the password never shows."""
@@ -140,7 +146,8 @@ async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogC
             assert "***" in seen[-2]  # the leaky error text was scrubbed, not dropped
 
         for pool in (db, down, quoted):
-            seen += [repr(pool), repr(pool.dsn), str(pool.dsn), repr(pool.connector), repr(pool.stats()),
+            seen += [repr(pool), repr(pool.dsn), str(pool.dsn), repr(pool.connector), repr(pool.config),
+                     repr(pool.stats()),
                      str(pool.stats().to_dict()), repr(pool.leases())]
         seen.append(repr(guard))
 
@@ -157,3 +164,62 @@ def test_config_repr_hides_option_secrets() -> None:
     config = PoolConfig(options={"password": CANARY, "sslpassword": CANARY})
     assert CANARY not in repr(config)
     assert CANARY not in str(config)
+
+
+APP = textwrap.dedent("""
+    from fastapi import FastAPI
+    from lifeguard import Lifeguard
+
+    guard = Lifeguard()
+    db = guard.pool("db", {url!r}, min_size=2, max_size=5)
+    app = FastAPI(lifespan=guard.lifespan)
+    guard.install(app)
+""")
+
+SCRAPER = textwrap.dedent("""
+    import sys
+    from lifeguard import Lifeguard
+    from lifeguard.observe import prometheus
+
+    sys.stdout.write(prometheus.render(Lifeguard(environ={}))[0].decode())
+""")
+
+
+@pytest.mark.slow
+def test_metrics_add_up_across_uvicorn_workers(tmp_path: Path, sqlite_url: str) -> None:
+    """Under ``uvicorn --workers 2`` with PROMETHEUS_MULTIPROC_DIR, /metrics sums both workers' pools,
+    and once the workers have shut down they count for nothing."""
+    (tmp_path / "twoworkers.py").write_text(APP.format(url=sqlite_url))
+    (tmp_path / "prometheus").mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}
+    port = closed_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "twoworkers:app", "--app-dir", str(tmp_path), "--port", str(port),
+         "--workers", "2", "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        scrape = None
+        while time.monotonic() < deadline:
+            try:
+                scrape = Scrape(httpx.get(f"{base}/metrics", timeout=2).content)
+                if scrape.value("db_client_connection_count", "db", state="idle") == 4:
+                    break
+            except (httpx.HTTPError, AssertionError, KeyError):
+                pass
+            time.sleep(0.2)
+        assert scrape is not None, "the server never answered"
+        assert scrape.value("db_client_connection_count", "db", state="idle") == 4
+        assert scrape.value("db_client_connection_max", "db") == 10
+        assert scrape.value("db_client_connection_idle_min", "db") == 4
+        assert scrape.value("db_client_connection_create_time_seconds_count", "db") == 4
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    after = subprocess.run([sys.executable, "-c", SCRAPER], env=env, capture_output=True, text=True,
+                           timeout=60, check=True)
+    scrape = Scrape(after.stdout.encode())
+    assert scrape.value("db_client_connection_count", "db", state="idle") == 0
+    assert scrape.value("db_client_connection_max", "db") == 0
+    assert scrape.value("db_client_connection_create_time_seconds_count", "db") == 4

@@ -32,10 +32,10 @@ from typing import Annotated, Any
 
 import asyncpg
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from lifeguard import Lifeguard, Resource
+from lifeguard import Lifeguard, Resource, unwrap
 
 DEFAULT_URL = os.environ.get("LIFEGUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -64,8 +64,18 @@ def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
     """
     app = FastAPI()
     guard.install(app, metrics=False, stats=False)
-    DB = Annotated[Any, db.connection]  # noqa: N806 - the documented alias style
-    Tx = Annotated[Any, db.transaction]  # noqa: N806
+
+    # The documented aliases, wrapped to remember the driver's connection for on_error below.
+    async def lent(request: Request, conn: Annotated[Any, db.connection]) -> Any:
+        request.state.raw = unwrap(conn)
+        return conn
+
+    async def lent_tx(request: Request, conn: Annotated[Any, db.transaction]) -> Any:
+        request.state.raw = unwrap(conn)
+        return conn
+
+    DB = Annotated[Any, Depends(lent)]  # noqa: N806
+    Tx = Annotated[Any, Depends(lent_tx)]  # noqa: N806
 
     @app.get("/q")
     async def q(conn: DB) -> dict[str, int]:
@@ -102,8 +112,18 @@ def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
         return {"ok": True}
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        body = {"kind": type(exc).__name__, "disconnect": db.connector.is_disconnect(exc),
-                "detail": f"{request.url.path}: {exc}"[:300]}
+        disconnect = db.connector.is_disconnect(exc)
+        raw = getattr(request.state, "raw", None)
+        if not disconnect and not isinstance(exc, Boom) and raw is not None:
+            # asyncpg can report a backend killed mid-operation as a protocol error (an
+            # InternalClientError, when the server's FATAL message lands between two operations);
+            # the socket closing right after tells that apart from a real protocol bug.
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if disconnect := raw.is_closed():
+                    break
+        body = {"kind": type(exc).__name__, "disconnect": disconnect,
+                "detail": f"{request.url.path}: {exc}"[:200]}
         return JSONResponse(body, status_code=500)
 
     for cls in (Boom, asyncpg.PostgresError, asyncpg.InterfaceError, Exception):
@@ -157,6 +177,8 @@ class Report:
             f"  server connections (application_name={app_name}): {self.server_connections} "
             f"(pool size {s.size})",
         ]
+        for kind, example in sorted(self.examples.items()):
+            lines.append(f"  e.g. {kind}: {example}")
         if self.violations:
             lines.append("INVARIANTS VIOLATED:")
             lines.extend(f"  - {v}" for v in self.violations)
@@ -194,6 +216,7 @@ async def run(requests: int, *, url: str = DEFAULT_URL, concurrency: int = 64, m
         if resp.status_code == 500 and body.get("disconnect"):
             report.disconnect_errors += 1
             report.outcomes[f"500 disconnect: {body['kind']}"] += 1
+            report.examples.setdefault(f"500 disconnect: {body['kind']}", body.get("detail", ""))
         elif resp.status_code == 500:
             report.outcomes[f"500 {body.get('kind', '?')}"] += 1
             report.examples.setdefault(f"500 {body.get('kind', '?')}", body.get("detail", ""))
@@ -231,13 +254,20 @@ async def run(requests: int, *, url: str = DEFAULT_URL, concurrency: int = 64, m
             record(resp, started)
 
     async def killer() -> None:
-        while not stop.is_set():
-            await asyncio.sleep(kill_every)
+        """Every ``kill_every`` seconds until the load stops, kill one pooled backend (0: never)."""
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), kill_every or 0.1)
+                return
+            except TimeoutError:
+                pass
+            report.max_size_seen = max(report.max_size_seen, db.stats().size)
+            if not kill_every:
+                continue
             killed = await admin.fetchval(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 "
                 "ORDER BY random() LIMIT 1", app_name)
             report.kills += bool(killed)
-            report.max_size_seen = max(report.max_size_seen, db.stats().size)
 
     started = time.perf_counter()
     try:
@@ -316,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-size", type=int, default=16)
-    parser.add_argument("--kill-every", type=float, default=0.1, help="seconds between backend kills")
+    parser.add_argument("--kill-every", type=float, default=0.1, help="seconds between backend kills (0: none)")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)

@@ -159,7 +159,9 @@ async def test_prometheus_values_follow_the_pool() -> None:
             return await pool.acquire(timeout=5)
 
         waiter = asyncio.create_task(wait_for_one())
-        while not pool.stats().waiting:
+        for _ in range(100):  # a few loop turns until the waiter has queued
+            if pool.stats().waiting:
+                break
             await asyncio.sleep(0)
         s = scrape(g)
         assert s.value("db_client_connection_count", "moving", state="used") == 2
@@ -279,7 +281,8 @@ def workers(multiproc_env: dict[str, str]) -> Iterator[list[subprocess.Popen[str
                 stream.close()
 
 
-def _start_worker(env: dict[str, str], mode: str, started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
+def _start_worker(env: dict[str, str], mode: str,
+                  started: list[subprocess.Popen[str]]) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-c", WORKER, mode], env=env, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     started.append(proc)
@@ -387,7 +390,9 @@ async def test_otel_names_units_types_attributes_and_values() -> None:
             assert metric.data.is_monotonic == (kind == "counter"), name
 
     def value(name: str, **attrs: str) -> Any:
-        want = {POOL: "otel", **{STATE: v for k, v in attrs.items() if k == "state"}}
+        want = {POOL: "otel"}
+        if "state" in attrs:
+            want[STATE] = attrs["state"]
         found = [p for p in metrics[name].data.data_points if dict(p.attributes or {}) == want]
         assert len(found) == 1, (name, want)
         return found[0]

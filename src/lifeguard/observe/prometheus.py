@@ -227,13 +227,13 @@ class _ProcessExporter:
         self._metrics = metrics
         self._interval = refresh_interval
         self._children: dict[str, _Children] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def _child(self, resource: str) -> _Children:
         child = self._children.get(resource)
         if child is None:
             child = self._children[resource] = _Children(self._metrics, resource)
+            _every_child.append(child)
         return child
 
     # PoolListener: called by the pool on the event loop, must be fast and never raise
@@ -245,7 +245,7 @@ class _ProcessExporter:
 
     def on_connected(self, resource: str, seconds: float) -> None:
         self._child(resource).create.observe(seconds)
-        self._start_timer()  # connects are rare, and every pool connects when it opens
+        self._start_refresher()  # connects are rare, and every pool connects when it opens
 
     def on_timeout(self, resource: str) -> None:
         self._child(resource).timeouts.inc()
@@ -268,29 +268,35 @@ class _ProcessExporter:
                 child.gauges[key].set(value)
         return alive
 
-    def zero(self) -> None:
-        for child in self._children.values():
-            _zero(child)
-
-    def _start_timer(self) -> None:
+    def _start_refresher(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._timer is not None and self._timer_loop is loop:
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is loop:
             return
-        self._timer_loop = loop
-        self._timer = loop.call_later(self._interval, self._tick)
+        self._task = loop.create_task(self._refresher(), name="lifeguard prometheus gauges")
 
-    def _tick(self) -> None:
-        self._timer = None
+    async def _refresher(self) -> None:
+        """Refresh the gauges until every pool is closed, then once more to zero them.
+
+        A task rather than a timer: when the event loop ends (``asyncio.run`` returning, as a uvicorn
+        worker's does after its lifespan shutdown) the task is cancelled, and its last write still
+        happens, where atexit handlers would not run (uvicorn re-raises SIGTERM to exit).
+        """
         try:
-            alive = self.refresh()
-        except Exception:  # a metrics hiccup must never reach the event loop's error handler
-            _log.debug("prometheus gauge refresh failed", exc_info=True)
-            alive = True
-        if alive:
-            self._start_timer()
+            while True:
+                await asyncio.sleep(self._interval)
+                try:
+                    if not self.refresh():
+                        return
+                except Exception:  # a metrics hiccup must never end the refresher
+                    _log.debug("prometheus gauge refresh failed", exc_info=True)
+        except asyncio.CancelledError:
+            for child in self._children.values():  # the loop is going away, and its pools with it
+                _zero(child)
+            raise
 
 
 def _zero(child: _Children) -> None:
@@ -302,13 +308,15 @@ def _zero(child: _Children) -> None:
 
 _metrics: _Metrics | None = None
 _exporters: weakref.WeakKeyDictionary[Any, _ProcessExporter] = weakref.WeakKeyDictionary()
+#: every pool's gauges this process ever wrote, zeroed at exit (its guard may be long gone by then)
+_every_child: list[_Children] = []
 _in_default_registry: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _zero_at_exit() -> None:
-    for exporter in list(_exporters.values()):
+    for child in _every_child:
         try:
-            exporter.zero()
+            _zero(child)
         except Exception:  # pragma: no cover - the process is exiting anyway
             pass
 
@@ -360,7 +368,7 @@ def instrument(guard: _Source, *, registry: CollectorRegistry | None = None, ref
     _exporters[guard] = exporter
     guard.add_listener(exporter)
     exporter.refresh()
-    exporter._start_timer()
+    exporter._start_refresher()
 
 
 class _Union:

@@ -20,9 +20,10 @@ __all__ = ["FloorPool"]
 
 
 class FloorPool:
-    __slots__ = ("_conns", "_idle", "_waiters")
+    __slots__ = ("_conns", "_idle", "_url", "_waiters")
 
-    def __init__(self, conns: list[Any]) -> None:
+    def __init__(self, conns: list[Any], url: str = "") -> None:
+        self._url = url
         self._conns = list(conns)
         self._idle: deque[Any] = deque(conns)
         self._waiters: deque[asyncio.Future[Any]] = deque()
@@ -30,7 +31,7 @@ class FloorPool:
     @classmethod
     async def connect(cls, url: str, size: int) -> FloorPool:
         conns = await asyncio.gather(*(asyncpg.connect(url) for _ in range(size)))
-        return cls(list(conns))
+        return cls(list(conns), url)
 
     def acquire(self) -> _Lease:
         return _Lease(self)
@@ -54,6 +55,15 @@ class FloorPool:
                 fut.set_result(conn)
                 return
         self._idle.append(conn)
+
+    async def repair(self) -> None:
+        """Benchmark harness only, never on the measured path: with no lease out, replace the
+        connections the server dropped (the floor itself never notices a dead connection)."""
+        for i, conn in enumerate(self._conns):
+            if conn.is_closed():
+                self._conns[i] = await asyncpg.connect(self._url)
+        self._idle = deque(self._conns)
+        self._waiters.clear()
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._conns), return_exceptions=True)

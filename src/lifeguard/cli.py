@@ -132,7 +132,9 @@ def _check(args: argparse.Namespace) -> int:
     with err.status(f"connecting to {len(args.urls)} database(s)…", spinner="dots"):
         results = asyncio.run(_check_all(args.urls, args.timeout))
     if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
+        rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()}
+                for r in results]
+        print(json.dumps(rows, indent=2))
     else:
         for r in results:
             print(r.line())
@@ -210,14 +212,17 @@ def _top(args: argparse.Namespace) -> int:
             return 0
         previous: _Frame | None = None
         with rich_live.Live(frame.table(previous, shown), console=out, auto_refresh=False) as live:
-            while True:
-                time.sleep(args.interval)
-                try:
-                    previous, frame = frame, _Frame.read(client, url)
-                    live.update(frame.table(previous, shown), refresh=True)
-                except httpx.HTTPError as exc:
-                    live.update(frame.table(previous, shown, error=f"{type(exc).__name__}: {exc}"),
-                                refresh=True)
+            try:
+                while True:
+                    time.sleep(args.interval)
+                    try:
+                        previous, frame = frame, _Frame.read(client, url)
+                        live.update(frame.table(previous, shown), refresh=True)
+                    except Exception as exc:  # keep watching: the service may be restarting
+                        error = f"cannot read {shown}: {type(exc).__name__}: {exc}"
+                        live.update(frame.table(previous, shown, error=error), refresh=True)
+            except KeyboardInterrupt:  # Ctrl-C is how one leaves top
+                return 0
 
 
 @dataclass

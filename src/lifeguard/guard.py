@@ -103,10 +103,20 @@ class Lifeguard:
 
     def add_listener(self, listener: PoolListener) -> None:
         """Call ``listener`` on every acquire, release, connect and timeout of every pool, those
-        declared later included (how the Prometheus and OpenTelemetry exporters see the pools)."""
+        declared later included (how the Prometheus and OpenTelemetry exporters see the pools).
+
+        A listener that also has an ``on_closed(resource: str)`` method is told when each resource
+        has finished closing (the multiprocess Prometheus exporter zeroes its gauges then).
+        """
         self._listeners.append(listener)
         for resource in self._resources.values():
             resource.add_listener(listener)
+
+    def _closed(self, resource: Resource[Any]) -> None:
+        for listener in self._listeners:
+            on_closed = getattr(listener, "on_closed", None)
+            if on_closed is not None:
+                on_closed(resource.name)
 
     def __getitem__(self, name: str) -> Resource[Any]:
         return self._resources[name]
@@ -125,6 +135,7 @@ class Lifeguard:
         except BaseException:
             for resource in reversed(opened):
                 await resource.close()
+                self._closed(resource)
             raise
 
     async def _open_one(self, resource: Resource[Any]) -> None:
@@ -163,6 +174,7 @@ class Lifeguard:
         abandoned: dict[str, list[LeaseInfo]] = {}
         for resource in reversed(list(self._resources.values())):
             left = await resource.close()
+            self._closed(resource)
             if left:
                 abandoned[resource.name] = left
         return abandoned

@@ -455,6 +455,8 @@ class Pool(Generic[C]):
         if now < rec.fresh_until and rec.verified_at > self._invalid_before:
             return True
         self._in_use.add(rec)  # counted while the pool itself uses it
+        rec.lease_start = 0.0  # but not a lease (yet): leases() and leak detection skip it
+        rec.stack = None
         try:
             await self.connector.ping(rec.conn)
         except Exception as exc:
@@ -833,7 +835,7 @@ class Pool(Generic[C]):
             if now - rec.checked_at >= rec.keepalive_due:
                 self._idle.remove(rec)
                 self._in_use.add(rec)  # out of the idle stack, so no borrower can race the ping
-                rec.lease_start = now
+                rec.lease_start = 0.0  # not a lease: leases() and leak detection skip it
                 rec.stack = None
                 self._spawn_bg(self._keepalive(rec))
         if self._leak_on:

@@ -100,7 +100,8 @@ class Asyncpg(Backend):
         return Lifeguard().pool("db", self.url, options=options, **settings)
 
     async def setup(self) -> None:
-        self.admin = await asyncpg.connect(self.admin_url)
+        # a connection leaked in a transaction would block DROP TABLE forever: fail instead
+        self.admin = await asyncpg.connect(self.admin_url, server_settings={"lock_timeout": "5s"})
         await self.admin.execute(f"CREATE TABLE {self.table} (id INTEGER)")
 
     async def teardown(self) -> None:
@@ -236,6 +237,7 @@ class Mysql(Backend):
     async def setup(self) -> None:
         self.admin = await asyncmy.connect(**self.admin_params)
         database = self.admin_params["database"]
+        await self._admin("SET SESSION lock_wait_timeout = 5")  # as for PostgreSQL above
         await self._admin(f"CREATE USER '{self.tag}'@'%'")
         await self._admin(f"GRANT ALL ON `{database}`.* TO '{self.tag}'@'%'")
         await self._admin(f"CREATE TABLE {self.table} (id INTEGER) ENGINE=InnoDB")

@@ -267,6 +267,39 @@ async def test_pg_survivors_of_a_kill_are_pinged_once_not_at_every_lend(
         assert pings <= 4  # the four survivors at most once each: not one round trip per lend
 
 
+@pytest.mark.postgres
+async def test_pg_lease_cancelled_before_its_begin_leaves_no_transaction_behind(postgres_url: str) -> None:
+    """A lease cancelled while its BEGIN waited behind an earlier cancelled query hands the next
+    borrower a connection whose transaction() works."""
+    db = _pg_pool(postgres_url, min_size=1, max_size=1)
+    async with asyncio.timeout(10), db:
+        async with db.acquire() as conn:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.005):  # the endpoint gives up on its own query...
+                    await conn.fetchval("SELECT pg_sleep(0.5)")
+        # ...and returns normally, so asyncpg is still cancelling that query on the server.
+
+        async def transaction_endpoint() -> None:
+            async with db.acquire() as conn, conn.transaction():
+                await conn.fetchval("SELECT 1")
+
+        task = asyncio.create_task(transaction_endpoint())
+        for _ in range(3):
+            await asyncio.sleep(0)  # the BEGIN now waits for that cancellation to finish
+        task.cancel()  # the client goes away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async with db.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    assert await conn.fetchval("SELECT 1") == 1
+            except asyncpg.NoActiveSQLTransactionError as exc:
+                pytest.fail("the connection came back with the cancelled lease's transaction still "
+                            f"registered in asyncpg (Connection._top_xact), so BEGIN became: {exc}")
+            assert not conn.is_in_transaction()
+
+
 # -- the network: black hole, latency, refused connects ------------------------------------------
 
 

@@ -20,6 +20,7 @@ Not collected by pytest (the file name has no ``test_`` prefix); ``test_soak_smo
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import sys
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -65,17 +67,23 @@ def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
     app = FastAPI()
     guard.install(app, metrics=False, stats=False)
 
-    # The documented aliases, wrapped to remember the driver's connection for on_error below.
-    async def lent(request: Request, conn: Annotated[Any, db.connection]) -> Any:
-        request.state.raw = unwrap(conn)
+    # on_error (below) wants the driver's connection a request was lent, even when the lease
+    # failed inside the transaction dependency's BEGIN: remember it where both aliases pass.
+    lent_conn: ContextVar[Any] = ContextVar("lent_conn", default=None)
+    begin = db.connector.transaction
+
+    def remembering_begin(conn: Any) -> Any:
+        lent_conn.set(conn)
+        return begin(conn)
+
+    db.connector.transaction = remembering_begin  # type: ignore[method-assign]
+
+    async def lent(conn: Annotated[Any, db.connection]) -> Any:
+        lent_conn.set(unwrap(conn))
         return conn
 
-    async def lent_tx(request: Request, conn: Annotated[Any, db.transaction]) -> Any:
-        request.state.raw = unwrap(conn)
-        return conn
-
-    DB = Annotated[Any, Depends(lent)]  # noqa: N806
-    Tx = Annotated[Any, Depends(lent_tx)]  # noqa: N806
+    DB = Annotated[Any, Depends(lent)]
+    Tx = Annotated[Any, db.transaction]
 
     @app.get("/q")
     async def q(conn: DB) -> dict[str, int]:
@@ -113,12 +121,13 @@ def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
 
     async def on_error(request: Request, exc: Exception) -> Response:
         disconnect = db.connector.is_disconnect(exc)
-        raw = getattr(request.state, "raw", None)
-        if not disconnect and not isinstance(exc, Boom) and raw is not None:
+        raw = lent_conn.get()
+        client_side = isinstance(exc, (asyncpg.InternalClientError, asyncpg.InterfaceError))
+        if not disconnect and client_side and raw is not None:
             # asyncpg can report a backend killed mid-operation as a protocol error (an
             # InternalClientError, when the server's FATAL message lands between two operations);
-            # the socket closing right after tells that apart from a real protocol bug.
-            for _ in range(50):
+            # the socket closing within a few ms tells that apart from a real protocol bug.
+            for _ in range(5):
                 await asyncio.sleep(0.01)
                 if disconnect := raw.is_closed():
                     break
@@ -133,6 +142,7 @@ def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
 
 @dataclass
 class Report:
+    app_name: str = ""
     requests: int = 0
     seconds: float = 0.0
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -157,7 +167,7 @@ class Report:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
-    def render(self, app_name: str) -> str:
+    def render(self) -> str:
         s = self.stats
         lines = [
             f"soak: {self.requests} requests in {self.seconds:.1f} s "
@@ -174,7 +184,8 @@ class Report:
             f"    acquired={s.acquired} released={s.released} timeouts={s.timeouts} "
             f"connect_errors={s.connect_errors} pings_failed={s.pings_failed} circuit={s.circuit}",
             f"    discarded={dict(sorted(s.discarded.items()))}",
-            f"  server connections (application_name={app_name}): {self.server_connections} "
+            f"    last_error={s.last_error}",
+            f"  server connections (application_name={self.app_name}): {self.server_connections} "
             f"(pool size {s.size})",
         ]
         for kind, example in sorted(self.examples.items()):
@@ -196,7 +207,7 @@ async def run(requests: int, *, url: str = DEFAULT_URL, concurrency: int = 64, m
     db = guard.pool("db", url, min_size=4, max_size=max_size, acquire_timeout=10,
                     options={"server_settings": {"application_name": app_name}})
     app = build_app(guard, db)
-    report = Report()
+    report = Report(app_name=app_name)
     paths = list(MIX)
     weights = list(MIX.values())
     issued = 0
@@ -305,7 +316,8 @@ async def _settle(db: Resource[Any], admin: asyncpg.Connection, app_name: str, r
         stats = db.stats()
         server: int = await admin.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name)
-        if (stats.connecting == 0 and stats.in_use == 0 and server == stats.size) or time.monotonic() > deadline:
+        at_rest = stats.connecting == 0 and stats.in_use == 0 and server == stats.size
+        if at_rest or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
     report.stats = stats
@@ -321,7 +333,8 @@ def _judge(report: Report, requests: int) -> None:
             example = report.examples.get(kind)
             v.append(f"{n} unexpected outcome(s): {kind}" + (f" (e.g. {example})" if example else ""))
     if report.requests != requests or sum(report.outcomes.values()) != requests:
-        v.append(f"{requests} requests asked, {report.requests} issued, {sum(report.outcomes.values())} ended")
+        ended = sum(report.outcomes.values())
+        v.append(f"{requests} requests asked, {report.requests} issued, {ended} ended")
     if report.disconnect_errors > report.kills:
         v.append(f"{report.disconnect_errors} requests failed by a disconnect but only "
                  f"{report.kills} backends were killed: a dead connection was lent")
@@ -346,15 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-size", type=int, default=16)
-    parser.add_argument("--kill-every", type=float, default=0.1, help="seconds between backend kills (0: none)")
+    parser.add_argument("--kill-every", type=float, default=0.1,
+                        help="seconds between backend kills (0: none)")
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--events", action="store_true",
+                        help="show lifeguard's event log (hundreds of discards under fire)")
     args = parser.parse_args(argv)
-    app_name = f"lg-soak-{uuid.uuid4().hex[:10]}"
+    if not args.events:
+        logging.getLogger("lifeguard").setLevel(logging.ERROR)
     report = asyncio.run(run(args.requests, url=args.url, concurrency=args.concurrency,
-                             max_size=args.max_size, kill_every=args.kill_every, seed=args.seed,
-                             app_name=app_name))
-    print(report.render(app_name))
+                             max_size=args.max_size, kill_every=args.kill_every, seed=args.seed))
+    print(report.render())
     return 0 if not report.violations else 1
 
 

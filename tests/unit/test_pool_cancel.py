@@ -74,6 +74,7 @@ async def test_close_while_a_connect_hangs(make_pool: MakePool) -> None:
         await waiter
     s = pool.stats()
     assert (s.connecting, s.size, s.waiting) == (0, 0, 0)
+    assert_quiet(pool)
     assert connector.open_connections == []
 
 

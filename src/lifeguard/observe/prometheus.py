@@ -41,8 +41,10 @@ Each process therefore writes its own share, from the moment it starts (``guard.
   event loop every ``refresh_interval`` seconds, and again right before this process renders a scrape.
   Their ``multiprocess_mode`` is ``livesum`` by default, the sum over the live workers of each pool
   (what to compare with the server's ``max_connections``), or ``liveall`` for one series per ``pid``;
-* when the interpreter exits, a process sets its gauges to zero, so a worker that stops cleanly stops
-  counting even where nobody calls ``mark_process_dead``. After a crash, call
+* a pool's gauges drop to zero as soon as the guard has closed it (the lifespan's shutdown), and
+  every gauge of the process when its event loop ends or the interpreter exits, so a worker that stops
+  cleanly stops counting even where nobody calls ``mark_process_dead`` (uvicorn's workers end by
+  re-raising SIGTERM: no exit handler runs there, hence the close-time write). After a crash, call
   ``prometheus_client.multiprocess.mark_process_dead(pid)`` (gunicorn's ``child_exit``) or empty the
   directory when the service starts, as prometheus_client asks of every multiprocess deployment.
 
@@ -250,6 +252,10 @@ class _ProcessExporter:
     def on_timeout(self, resource: str) -> None:
         self._child(resource).timeouts.inc()
 
+    def on_closed(self, resource: str) -> None:
+        """Called by the guard once a resource has closed: it holds and allows nothing any more."""
+        _zero(self._child(resource))
+
     def refresh(self) -> bool:
         """Set the gauges from a snapshot; True while some pool of the guard is not closed."""
         guard = self._guard()
@@ -279,11 +285,10 @@ class _ProcessExporter:
         self._task = loop.create_task(self._refresher(), name="lifeguard prometheus gauges")
 
     async def _refresher(self) -> None:
-        """Refresh the gauges until every pool is closed, then once more to zero them.
+        """Refresh the gauges every interval until every pool of the guard is closed.
 
-        A task rather than a timer: when the event loop ends (``asyncio.run`` returning, as a uvicorn
-        worker's does after its lifespan shutdown) the task is cancelled, and its last write still
-        happens, where atexit handlers would not run (uvicorn re-raises SIGTERM to exit).
+        A task rather than a timer: should the event loop end with pools still open (``asyncio.run``
+        returning without the guard being closed), the task is cancelled and zeroes the gauges.
         """
         try:
             while True:

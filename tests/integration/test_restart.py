@@ -1,0 +1,309 @@
+"""Real server restarts under steady load: requests fail fast once the circuit is open, and the
+pool serves again within one probe interval of the server accepting connections.
+
+Slow, and disruptive for anything else using the servers: each test stops a real server for a few
+seconds. The server is started again in a fixture teardown whatever happens, and the teardown waits
+until it accepts connections.
+
+(No ``from __future__ import annotations`` here: FastAPI must resolve the endpoint's local alias.)
+"""
+
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from lifeguard import BackendDown, Lifeguard
+
+pytestmark = pytest.mark.slow
+
+_monotonic = time.monotonic
+BACKOFF_MAX = 0.5
+OUTAGE = 2.0  # seconds the server stays down once stopped
+
+
+# -- server control ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Server:
+    """Stop and start one local server; ``accepts`` is a quick blocking probe (a client tool)."""
+
+    name: str
+    stop_cmd: list[str]
+    start_cmd: list[str]
+    accepts_cmd: list[str]
+
+    def accepts(self) -> bool:
+        try:
+            return subprocess.run(self.accepts_cmd, capture_output=True, timeout=5).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    async def _run(self, cmd: list[str], timeout: float = 60) -> None:
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            async with asyncio.timeout(timeout):
+                out, _ = await proc.communicate()
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {out.decode(errors='replace')}")
+
+    async def stop(self) -> None:
+        await self._run(self.stop_cmd)
+
+    async def start(self) -> None:
+        await self._run(self.start_cmd)
+
+    async def wait_accepting(self, timeout: float = 60) -> float:
+        """Poll until the server accepts connections; return when it first did (monotonic)."""
+        deadline = _monotonic() + timeout
+        while not await asyncio.to_thread(self.accepts):
+            if _monotonic() > deadline:
+                raise RuntimeError(f"{self.name} does not accept connections after {timeout}s")
+            await asyncio.sleep(0.02)
+        return _monotonic()
+
+    def restore(self) -> None:
+        """Start the server unless it already accepts connections, and wait until it does."""
+        if self.accepts():
+            return
+        subprocess.run(self.start_cmd, capture_output=True, timeout=60)  # fails if already starting
+        deadline = _monotonic() + 60
+        while not self.accepts():
+            if _monotonic() > deadline:
+                raise RuntimeError(f"{self.name} could not be restarted: {self.start_cmd}")
+            time.sleep(0.1)
+
+
+def _require_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"SKIPPED LOUDLY: cannot restart the server here (missing {', '.join(missing)})")
+
+
+@pytest.fixture
+def postgres_server(postgres_url: str) -> Iterator[_Server]:
+    """The local PostgreSQL cluster, started again (and awaited) at teardown whatever happened."""
+    _require_tools("pg_ctlcluster", "pg_isready")
+    if not os.path.isdir("/etc/postgresql") or not os.listdir("/etc/postgresql"):
+        pytest.skip("SKIPPED LOUDLY: no local PostgreSQL cluster to restart (/etc/postgresql)")
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    parts = urlsplit(postgres_url)
+    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+    server = _Server(
+        "PostgreSQL", [*ctl, "stop"], [*ctl, "start"],
+        ["pg_isready", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
+         "-U", parts.username or "postgres", "-d", parts.path.lstrip("/") or "postgres", "-t", "1"],
+    )
+    try:
+        yield server
+    finally:
+        server.restore()
+
+
+@pytest.fixture
+def mariadb_server(mysql_url: str) -> Iterator[_Server]:
+    """The local MariaDB server, started again (and awaited) at teardown whatever happened."""
+    _require_tools("mariadb-admin", "start-stop-daemon")
+    if not os.path.exists("/usr/sbin/mariadbd"):
+        pytest.skip("SKIPPED LOUDLY: no local MariaDB server to restart (/usr/sbin/mariadbd)")
+    parts = urlsplit(mysql_url)
+    server = _Server(
+        "MariaDB", ["mariadb-admin", "-uroot", "shutdown"],
+        ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
+        ["mariadb-admin", "-uroot", f"-h{parts.hostname or '127.0.0.1'}", f"-P{parts.port or 3306}",
+         "--connect-timeout=1", "ping"],
+    )
+    try:
+        yield server
+    finally:
+        server.restore()
+
+
+# -- steady load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    started: float
+    ended: float
+    outcome: str
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+@dataclass
+class _Load:
+    """A few workers sending one request after another (5 ms apart) until stopped."""
+
+    call: Callable[[], Awaitable[str]]
+    samples: list[_Sample] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def _worker(self) -> None:
+        while not self._stop.is_set():
+            started = _monotonic()
+            try:
+                outcome = await self.call()
+            except Exception as exc:
+                outcome = type(exc).__name__
+            self.samples.append(_Sample(started, _monotonic(), outcome))
+            await asyncio.sleep(0.005)
+
+    def start(self, workers: int = 4) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(workers)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def until_ok_after(self, moment: float, timeout: float) -> _Sample:
+        deadline = _monotonic() + timeout
+        while True:
+            for sample in self.samples:
+                if sample.outcome == "ok" and sample.started >= moment:
+                    return sample
+            if _monotonic() > deadline:
+                pytest.fail(f"no successful request within {timeout}s after the server came back; "
+                            f"last outcomes: {[s.outcome for s in self.samples[-8:]]}")
+            await asyncio.sleep(0.01)
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else max(values, default=0.0)
+
+
+async def _restart_under_load(server: _Server, load: _Load, down: str) -> dict[str, Any]:
+    """Stop ``server`` under ``load`` for OUTAGE seconds, start it, and measure.
+
+    Returns the figures; fails if requests during the outage (once ``down`` is what they get) are
+    not fast, or the first success after the server is back comes later than one probe interval.
+    """
+    load.start()
+    await asyncio.sleep(0.5)
+    stopping = _monotonic()
+    try:
+        await server.stop()
+        stopped = _monotonic()
+        await asyncio.sleep(OUTAGE)
+    finally:
+        await server.start()
+    back = await server.wait_accepting()
+    first_ok = await load.until_ok_after(back - 0.05, timeout=10)
+    await asyncio.sleep(0.5)
+    await load.stop()
+
+    before = [s for s in load.samples if s.ended < stopping]
+    outage = [s for s in load.samples if stopping <= s.started and s.ended < back]
+    fast = [s.seconds for s in outage if s.outcome == down]
+    after = [s for s in load.samples if s.started > first_ok.ended]
+    figures = {
+        "requests_before": len(before),
+        "failed_during_outage": len([s for s in outage if s.outcome != "ok"]),
+        "outcomes_during_outage": sorted({s.outcome for s in outage}),
+        f"{down}_count": len(fast),
+        f"{down}_p50_ms": 1000 * statistics.median(fast) if fast else None,
+        f"{down}_p95_ms": 1000 * _p95(fast),
+        "slowest_failure_ms": 1000 * max((s.seconds for s in outage if s.outcome != "ok"), default=0),
+        "stop_took_s": stopped - stopping,
+        "first_success_after_back_s": first_ok.ended - back,
+        "requests_after": len(after),
+    }
+    print(f"\n{server.name} restart under load: {figures}")
+
+    assert before, figures
+    assert all(s.outcome == "ok" for s in before), figures
+    assert len(fast) >= 20, figures  # the circuit opened and answered most of the outage
+    assert _p95(fast) < 0.05, figures  # fail fast, not after acquire_timeout (5 s)
+    assert max(s.seconds for s in outage if s.outcome != "ok") < 2.0, figures
+    assert first_ok.ended - back < BACKOFF_MAX + 0.5, figures  # within one probe interval
+    assert after, figures
+    assert all(s.outcome == "ok" for s in after), figures
+    return figures
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_postgres_restart_under_load_fails_fast_then_recovers(
+    postgres_url: str, postgres_server: _Server
+) -> None:
+    """During a real PostgreSQL restart, requests through FastAPI get a fast 503 backend-down once
+    the circuit is open, and succeed again within one probe interval of the server being back."""
+    guard = Lifeguard()
+    db = guard.pool("db", postgres_url, min_size=2, max_size=4, failure_threshold=2,
+                    backoff_max=BACKOFF_MAX, acquire_timeout=5, connect_timeout=2)
+    app = FastAPI()
+    guard.install(app, metrics=False, stats=False)
+
+    @app.get("/q")
+    async def q(conn: Annotated[Any, db.connection]) -> dict[str, int]:
+        return {"v": await conn.fetchval("SELECT 1")}
+
+    @app.exception_handler(Exception)
+    async def driver_error(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"kind": type(exc).__name__}, status_code=500)
+
+    retry_after: list[str] = []
+    async with guard, httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as client:
+
+        async def call() -> str:
+            resp = await client.get("/q")
+            if resp.status_code == 200:
+                return "ok"
+            body = resp.json()
+            if resp.status_code == 503:
+                retry_after.append(resp.headers.get("Retry-After", ""))
+                return "503 " + body["type"].rpartition(":")[2]
+            return f"{resp.status_code} {body.get('kind')}"
+
+        await _restart_under_load(postgres_server, _Load(call), down="503 backend-down")
+        assert retry_after
+        assert all(v.isdigit() and int(v) >= 1 for v in retry_after), retry_after
+        stats = db.stats()
+        assert stats.in_use == 0
+        assert stats.circuit == "closed"
+
+
+@pytest.mark.mysql
+async def test_mariadb_restart_under_load_fails_fast_then_recovers(
+    mysql_url: str, mariadb_server: _Server
+) -> None:
+    """During a real MariaDB restart, acquires raise BackendDown at once while the circuit is open,
+    and succeed again within one probe interval of the server being back."""
+    db = Lifeguard().pool("db", mysql_url, min_size=2, max_size=4, failure_threshold=2,
+                          backoff_max=BACKOFF_MAX, acquire_timeout=5, connect_timeout=2)
+
+    async def call() -> str:
+        async with db.acquire() as conn, conn.cursor() as cur:
+            await cur.execute("SELECT 1")
+            assert (await cur.fetchone())[0] == 1
+        return "ok"
+
+    async with db:
+        await _restart_under_load(mariadb_server, _Load(call), down=BackendDown.__name__)
+        stats = db.stats()
+        assert stats.in_use == 0
+        assert stats.circuit == "closed"
+        assert stats.timeouts == 0, "an acquire waited its full acquire_timeout"

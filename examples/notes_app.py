@@ -192,7 +192,6 @@ def create_app(url: str | None = None) -> FastAPI:
 
     app = FastAPI(title="notes", summary="A lifeguard demo", lifespan=lifespan)
     guard.install(app)  # 503 problem+json handlers, /livez, /readyz, /metrics, /lifeguard/stats
-    app.state.guard = guard
 
     # The connection is the driver's own (asyncpg.Connection, aiosqlite.Connection...), seen through a
     # handle that stops working when the lease ends. With one database you would write its type here.

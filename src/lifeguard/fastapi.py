@@ -109,7 +109,7 @@ def install(guard: Lifeguard, app: FastAPI, *, health: bool = True, metrics: boo
         @app.get(f"{prefix}/readyz", include_in_schema=False)
         async def readyz(request: Request) -> Response:
             verbose = "verbose" in request.query_params
-            code, body = _health.readiness(guard.stats(), draining=False, verbose=verbose)
+            code, body = _health.readiness(guard.stats(), draining=guard.draining, verbose=verbose)
             return JSONResponse(body, status_code=code, media_type=_health.CONTENT_TYPE)
 
     if metrics:

@@ -81,6 +81,17 @@ class _Record(Generic[C]):
         self.leak_reported = False
 
 
+class _Waiter(Generic[C]):
+    """A caller queued for a connection: its future and when it gives up."""
+
+    __slots__ = ("deadline", "fut", "limit")
+
+    def __init__(self, fut: asyncio.Future[_Record[C]], deadline: float, limit: float) -> None:
+        self.fut = fut
+        self.deadline = deadline
+        self.limit = limit
+
+
 class _AcquireContext(Generic[C]):
     """What ``pool.acquire()`` returns: ``async with`` it, or ``await`` it and release yourself."""
 
@@ -134,7 +145,12 @@ class Pool(Generic[C]):
         self._max_size = cfg.max_size
         self._idle: deque[_Record[C]] = deque()
         self._in_use: set[_Record[C]] = set()
-        self._waiters: deque[asyncio.Future[_Record[C]]] = deque()
+        self._waiters: deque[_Waiter[C]] = deque()
+        # One timer per pool fails the waiters whose deadline passed (not one timer per acquire:
+        # asyncio.timeout costs microseconds per call, more than the whole hot path).
+        self._reaper: asyncio.TimerHandle | None = None
+        self._reaper_at = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting = 0
         self._generation = 0
         self._invalid_before = -1.0  # connections not verified since this are checked before lending
@@ -187,6 +203,7 @@ class Pool(Generic[C]):
         if self._state != _NEW:
             raise PoolClosed(f"{self.name}: a closed pool cannot be opened again", resource=self.name)
         self._state = _OPEN
+        self._loop = asyncio.get_running_loop()
         self._blocked = self._paused
         self._refresh_observed()
         emit("pool.opened", self.name, f"min_size={self._min_size} max_size={self._max_size}")
@@ -232,6 +249,9 @@ class Pool(Generic[C]):
             return []
         emit("drain.started", self.name, f"in_use={len(self._in_use)}", in_use=len(self._in_use))
         self._fail_waiters(PoolClosed(f"{self.name}: the pool is closing", resource=self.name))
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper, self._reaper_at = None, float("inf")
         for task in list(self._bg):
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
@@ -387,31 +407,34 @@ class Pool(Generic[C]):
         self._fast_lends += 1  # a zero wait, folded into the wait histogram's first bucket
         if self._observed:
             self._observe_lend(rec, 0.0)
-        handle = _new(rec.handle_cls)
+        handle: Any = _new(rec.handle_cls)
         handle._lg_conn = rec.conn
         handle._lg_rec = rec
-        return cast(C, handle)
+        return handle  # type: ignore[no-any-return]
 
     async def _acquire_slow(self, start: float, timeout: float | None) -> C:
         if self._state is not _OPEN:
             raise self._closed_error()
         limit = self.config.acquire_timeout if timeout is None else timeout
-        try:
-            async with asyncio.timeout(limit):
-                while True:
-                    rec = await self._wait()
-                    if await self._check(rec):
-                        now = _monotonic()
-                        self._wait_hist.observe(now - start)
-                        return self._lend(rec, now, now - start)
-        except TimeoutError:
-            self._timeouts += 1
-            for listener in self._listeners:
-                listener.on_timeout(self.name)
-            raise PoolTimeout(self._timeout_message(limit), resource=self.name,
-                              retry_after=self._retry_hint()) from None
+        deadline = start + limit
+        while True:
+            rec = await self._wait(deadline, limit)
+            if not self._usable(rec):
+                continue
+            now = _monotonic()
+            if now >= rec.fresh_until or rec.verified_at <= self._invalid_before:
+                try:
+                    async with asyncio.timeout(deadline - now):
+                        ok = await self._ping(rec)
+                except TimeoutError:
+                    raise self._timed_out(limit) from None
+                if not ok:
+                    continue
+                now = _monotonic()
+            self._wait_hist.observe(now - start)
+            return self._lend(rec, now, now - start)
 
-    async def _wait(self) -> _Record[C]:
+    async def _wait(self, deadline: float, limit: float) -> _Record[C]:
         """Queue for the next free connection, first come first served."""
         if self._state is not _OPEN:
             raise self._closed_error()
@@ -425,9 +448,13 @@ class Pool(Generic[C]):
             raise PoolOverloaded(
                 f"{self.name}: {len(self._waiters)} callers already waiting (max_waiting={max_waiting})",
                 resource=self.name, retry_after=self._retry_hint())
-        fut: asyncio.Future[_Record[C]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        loop = self._loop or asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), deadline, limit)
+        self._waiters.append(waiter)
+        if deadline < self._reaper_at:
+            self._arm_reaper(deadline)
         self._grow()
+        fut = waiter.fut
         try:
             return await fut
         except BaseException:
@@ -437,23 +464,50 @@ class Pool(Generic[C]):
             else:
                 fut.cancel()
                 try:
-                    self._waiters.remove(fut)
+                    self._waiters.remove(waiter)
                 except ValueError:
-                    pass
+                    pass  # already taken off by the reaper or a failure broadcast
             raise
 
-    async def _check(self, rec: _Record[C]) -> bool:
-        """Ping ``rec`` if it is due a check; False (and discarded) when it failed."""
+    def _arm_reaper(self, at: float) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        loop = self._loop or asyncio.get_running_loop()
+        self._reaper_at = at
+        self._reaper = loop.call_later(max(0.0, at - _monotonic()), self._reap)
+
+    def _reap(self) -> None:
+        """Fail every waiter past its deadline with PoolTimeout; re-arm for the next deadline."""
+        self._reaper, self._reaper_at = None, float("inf")
         now = _monotonic()
-        if rec.generation != self._generation or now >= rec.expires_at:
+        expired = [w for w in self._waiters if w.deadline <= now]
+        for waiter in expired:
+            self._waiters.remove(waiter)
+            if not waiter.fut.done():
+                waiter.fut.set_exception(self._timed_out(waiter.limit))
+        if self._waiters:
+            self._arm_reaper(min(w.deadline for w in self._waiters))
+
+    def _timed_out(self, limit: float) -> PoolTimeout:
+        self._timeouts += 1
+        for listener in self._listeners:
+            listener.on_timeout(self.name)
+        return PoolTimeout(self._timeout_message(limit), resource=self.name, retry_after=self._retry_hint())
+
+    def _usable(self, rec: _Record[C]) -> bool:
+        """Sync checks on a connection about to be lent; False when it was recycled or found dead."""
+        if rec.generation != self._generation or _monotonic() >= rec.expires_at:
             self._discard(rec, "expired" if rec.generation != self._generation else "lifetime",
                           graceful=True)
             return False
-        if self.connector.is_closed(rec.conn):
-            self._dead(rec, now)
+        if self._is_closed(rec.conn):
+            self._dead(rec, _monotonic())
             return False
-        if now < rec.fresh_until and rec.verified_at > self._invalid_before:
-            return True
+        return True
+
+    async def _ping(self, rec: _Record[C]) -> bool:
+        """Ping a connection due a check; False (and discarded) when it failed."""
+        start = _monotonic()
         self._in_use.add(rec)  # counted while the pool itself uses it
         rec.lease_start = 0.0  # but not a lease (yet): leases() and leak detection skip it
         rec.stack = None
@@ -469,7 +523,7 @@ class Pool(Generic[C]):
         done = _monotonic()
         rec.verified_at = done
         self._touch(rec, done)
-        self._mark_checked(done, done - now)
+        self._mark_checked(done, done - start)
         return True
 
     def _lend(self, rec: _Record[C], now: float, wait: float) -> C:
@@ -507,7 +561,7 @@ class Pool(Generic[C]):
 
         Flat for the same reason as ``_lend_nowait``; anything unusual leaves through a helper.
         """
-        h = cast(Handle, handle)
+        h: Any = handle
         conn = h._lg_conn
         if conn is None:
             return None  # already ended: a lease ends exactly once
@@ -524,12 +578,14 @@ class Pool(Generic[C]):
         hist.sum += use
         if self._observed:
             self._observe_release(rec, use)
-        if self._is_closed(conn) or (exc is not None and self.connector.is_disconnect(exc)):
+        # A connection that died quietly is caught by the is_closed check at its next lend; here
+        # only the error that ended the lease tells, which costs nothing when there is none.
+        if exc is not None and self.connector.is_disconnect(exc):
             self._dead(rec, now)
             return None
         cancelled = exc is not None and not isinstance(exc, Exception)
         if cancelled or self._full_reset or self._in_transaction(conn):
-            task = asyncio.get_running_loop().create_task(self._reset(rec, cancelled))
+            task = (self._loop or asyncio.get_running_loop()).create_task(self._reset(rec, cancelled))
             self._io.add(task)
             task.add_done_callback(self._io.discard)
             return asyncio.shield(task)  # the reset finishes even if the releasing task is cancelled
@@ -635,7 +691,7 @@ class Pool(Generic[C]):
         if not self._paused:
             waiters = self._waiters
             while waiters:
-                fut = waiters.popleft()
+                fut = waiters.popleft().fut
                 if not fut.done():
                     self._in_use.add(rec)
                     fut.set_result(rec)
@@ -661,13 +717,15 @@ class Pool(Generic[C]):
         if self._state is not _OPEN or self._breaker.is_open:
             return
         size = self._size()
+        if size >= self._max_size:
+            return
         want = max(self._min_size - size, len(self._waiters) - self._connecting)
         for _ in range(min(want, self._max_size - size)):
             self._spawn_connect()
 
     def _fail_waiters(self, error: LifeguardError) -> None:
         while self._waiters:
-            fut = self._waiters.popleft()
+            fut = self._waiters.popleft().fut
             if not fut.done():
                 fut.set_exception(error)
 

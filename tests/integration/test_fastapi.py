@@ -559,28 +559,33 @@ async def test_readyz_turns_red_as_the_drain_starts_while_livez_stays_green(back
 
     lifespan = Lifespan(app)
     await lifespan.startup()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        ready = await client.get("/readyz")
-        assert ready.status_code == 200
-        assert ready.headers["content-type"].startswith("application/health+json")
-        assert ready.json()["checks"]["db:connections"][0]["status"] == "pass"
-        assert (await client.get("/livez")).status_code == 200
+    shutdown = None
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.headers["content-type"].startswith("application/health+json")
+            assert ready.json()["checks"]["db:connections"][0]["status"] == "pass"
+            assert (await client.get("/livez")).status_code == 200
 
-        holder = await started(client.get("/hold"), inside)
-        shutdown = asyncio.ensure_future(lifespan.shutdown())
-        await wait_until(lambda: reports.state == "draining")
-        assert not shutdown.done()  # the drain waits for the lease still out
-        assert db.stats().ready  # so only the service's own drain can turn readiness red
-        draining = await client.get("/readyz")
-        assert draining.status_code == 503
-        assert draining.json()["status"] == "fail"
-        assert (await client.get("/livez")).status_code == 200
-        done.set()
-        assert (await holder).json() == {"held": True}  # the lease out was allowed to finish
-        await shutdown
-        assert (await client.get("/livez")).status_code == 200
-        assert (await client.get("/readyz")).status_code == 503
+            holder = await started(client.get("/hold"), inside)
+            shutdown = asyncio.ensure_future(lifespan.shutdown())
+            await wait_until(lambda: reports.state == "draining")
+            assert not shutdown.done()  # the drain waits for the lease still out
+            assert db.stats().ready  # so only the service's own drain can turn readiness red
+            draining = await client.get("/readyz")
+            assert draining.status_code == 503
+            assert draining.json()["status"] == "fail"
+            assert (await client.get("/livez")).status_code == 200
+            done.set()
+            assert (await holder).json() == {"held": True}  # the lease out was allowed to finish
+            await shutdown
+            assert (await client.get("/livez")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 503
+    finally:
+        done.set()  # a failed assertion must not leave the drain waiting, nor SQLite threads behind
+        await (shutdown if shutdown is not None else lifespan.shutdown())
     assert_all_returned(db)
     assert_all_returned(reports)
 

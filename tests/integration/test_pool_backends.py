@@ -382,7 +382,10 @@ async def test_session_setting_and_reset(backend: Backend, reset: str) -> None:
 
 # --- a burst: errors, transactions left open, cancellations ---------------------------------------
 
-_MIX = {"ok": 45, "error": 15, "open-tx": 15, "cancel": 15, "cancel-tx": 10}
+# cancel: mid-query (or while waiting for a connection); cancel-tx: the same inside a transaction
+# with a row written; cancel-begin: while BEGIN is on its way (aiosqlite runs it anyway, later)
+_MIX = {"ok": 40, "error": 15, "open-tx": 15, "cancel": 12, "cancel-tx": 10, "cancel-begin": 8}
+_CANCELLED = ("cancel", "cancel-tx", "cancel-begin")
 
 
 async def burst(backend: Backend, db: Pool[Any], *, requests: int, concurrency: int,
@@ -395,7 +398,7 @@ async def burst(backend: Backend, db: Pool[Any], *, requests: int, concurrency: 
     ended: Counter[str] = Counter()
     table = backend.table
 
-    async def request(kind: str) -> None:
+    async def request(kind: str, beginning: asyncio.Event) -> None:
         async with db.acquire() as conn:
             if kind == "ok":
                 assert await backend.value(conn, "SELECT 1") == 1
@@ -403,6 +406,7 @@ async def burst(backend: Backend, db: Pool[Any], *, requests: int, concurrency: 
                 await backend.execute(conn, backend.error_sql)
             else:
                 if kind != "cancel":
+                    beginning.set()
                     await backend.execute(conn, backend.begin_sql)
                     await backend.execute(conn, f"INSERT INTO {table} (id) VALUES (1)")
                 if kind != "open-tx":
@@ -411,8 +415,14 @@ async def burst(backend: Backend, db: Pool[Any], *, requests: int, concurrency: 
 
     async def worker() -> None:
         for kind in todo:
-            task = asyncio.create_task(request(kind))
-            if kind.startswith("cancel"):
+            beginning = asyncio.Event()
+            task = asyncio.create_task(request(kind, beginning))
+            if kind == "cancel-begin":
+                waiter = asyncio.create_task(beginning.wait())
+                await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                task.cancel()
+            elif kind in _CANCELLED:
                 # lands while waiting for a connection, in BEGIN/INSERT, or mid-query
                 await asyncio.sleep(rng.uniform(0.0, 0.04))
                 task.cancel()
@@ -438,7 +448,7 @@ async def test_burst_server_counts_match(backend: Backend) -> None:
         assert ended == Counter({
             "ok": asked["ok"] + asked["open-tx"],
             "error": asked["error"],
-            "cancelled": asked["cancel"] + asked["cancel-tx"],
+            "cancelled": sum(asked[kind] for kind in _CANCELLED),
         })
         stats = db.stats()
         assert stats.in_use == 0

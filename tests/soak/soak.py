@@ -142,6 +142,8 @@ def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
 
 @dataclass
 class Report:
+    """What one soak run saw; ``violations`` lists every invariant that did not hold."""
+
     app_name: str = ""
     requests: int = 0
     seconds: float = 0.0

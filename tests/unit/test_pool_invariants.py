@@ -43,7 +43,7 @@ class Watch:
         pool = self.pool
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            pending = [f for f in pool._waiters if not f.done()] if name == "_put_back" else []
+            pending = [w.fut for w in pool._waiters if not w.fut.done()] if name == "_put_back" else []
             result = original(*args, **kwargs)
             if name in ("_lend", "_lend_nowait") and result is not None:
                 self._lent(result)
@@ -84,7 +84,7 @@ class Watch:
         """Also true whenever no task is mid-step: nobody waits while a connection sits idle."""
         self.check("a loop iteration")
         p = self.pool
-        if p._state == "open" and not p._paused and p._idle and any(not f.done() for f in p._waiters):
+        if p._state == "open" and not p._paused and p._idle and any(not w.fut.done() for w in p._waiters):
             self.violations.append("a caller waits while a connection is idle")
 
     async def poll(self) -> None:
@@ -101,7 +101,7 @@ class Watch:
 
 async def _quiesce(pool: Pool[Any], timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
-    while pool._in_use or pool._connecting or pool._io or any(not f.done() for f in pool._waiters):
+    while pool._in_use or pool._connecting or pool._io or any(not w.fut.done() for w in pool._waiters):
         assert time.monotonic() < deadline, f"pool never went quiet: {pool!r}"
         await asyncio.sleep(0.002)
 
@@ -296,6 +296,27 @@ class PoolMachine(RuleBasedStateMachine):
             user.go.set()
         self.run()
 
+    @rule(index=st.integers(0, 10), victim=st.integers(0, 10))
+    def release_and_cancel_a_waiter_at_once(self, index: int, victim: int) -> None:
+        """A lease ends and, before any task runs, a waiter (maybe the one just granted) is cancelled."""
+        holder = self._pick(index, "holding")
+        waiter = self._pick(victim, "waiting")
+        if holder is None or waiter is None:
+            return
+
+        async def race() -> None:
+            await self.pool.release(holder.handle)  # the holder's own exit later is a no-op
+            waiter.task.cancel()
+
+        self.loop.run_until_complete(race())
+        holder.go.set()
+        self.run()
+
+    @rule(delay=st.sampled_from([0, 0.003]))
+    def ping_speed(self, delay: float) -> None:
+        self.connector.ping_delay = delay
+        self.run()
+
     @rule(index=st.integers(0, 10))
     def cancel(self, index: int) -> None:
         user = self._pick(index)
@@ -347,6 +368,7 @@ class PoolMachine(RuleBasedStateMachine):
         try:
             self.connector.fail_connects = 0
             self.connector.fail_pings = False
+            self.connector.ping_delay = 0
             for user in self.users:
                 user.go.set()
 

@@ -90,7 +90,7 @@ class AsyncpgConnector:
         return bool(conn.is_closed())
 
     def in_transaction(self, conn: asyncpg.Connection) -> bool:
-        return not conn.is_closed() and bool(conn.is_in_transaction())
+        return bool(conn.is_in_transaction())  # false on a closed connection: no need to ask twice
 
     async def rollback(self, conn: asyncpg.Connection) -> None:
         # A transaction started with ``tr = conn.transaction(); await tr.start()`` and never

@@ -7,6 +7,7 @@ after the response is sent. No ``BaseHTTPMiddleware`` anywhere: it breaks cancel
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -94,7 +95,7 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     return problem_response(exc)
 
 
-def install(guard: Lifeguard, app: FastAPI, *, health: bool = True, metrics: bool = True,
+def install(guard: Lifeguard, app: FastAPI, *, health: bool = True, metrics: bool | None = None,
             stats: bool = True, prefix: str = "") -> None:
     """Register the handlers and routes on ``app`` (see :meth:`Lifeguard.install`)."""
     app.add_exception_handler(Unavailable, _unavailable)
@@ -112,8 +113,14 @@ def install(guard: Lifeguard, app: FastAPI, *, health: bool = True, metrics: boo
             code, body = _health.readiness(guard.stats(), draining=guard.draining, verbose=verbose)
             return JSONResponse(body, status_code=code, media_type=_health.CONTENT_TYPE)
 
+    if metrics is None:
+        # by default /metrics exists when prometheus_client does; asked for explicitly, a missing
+        # extra is a ConfigError now rather than a 500 at the first scrape
+        metrics = importlib.util.find_spec("prometheus_client") is not None
     if metrics:
         from lifeguard.observe import prometheus
+
+        prometheus.require()
 
         if prometheus.multiprocess():
             # Each worker writes its share of the metrics from start-up, not from its first scrape.

@@ -199,7 +199,7 @@ class Lifeguard:
         """A snapshot of every resource, keyed by name."""
         return {name: r.stats() for name, r in self._resources.items()}
 
-    def install(self, app: FastAPI, *, health: bool = True, metrics: bool = True, stats: bool = True,
+    def install(self, app: FastAPI, *, health: bool = True, metrics: bool | None = None, stats: bool = True,
                 prefix: str = "") -> None:
         """Add the 503 handlers and, each optional, ``/livez``, ``/readyz``, ``/metrics`` and
         ``/lifeguard/stats`` (the JSON that ``lifeguard top`` reads)."""

@@ -257,27 +257,40 @@ class Pool(Generic[C]):
         await asyncio.gather(*self._bg, return_exceptions=True)
         while self._idle:
             self._close_conn(self._idle.pop().conn, graceful=True)
-        abandoned: list[LeaseInfo] = []
-        if self._in_use:
-            self._drained.clear()
-            try:
-                async with asyncio.timeout(self.config.drain_timeout):
-                    await self._drained.wait()
-            except TimeoutError:
-                pass
-            now = _monotonic()
-            for rec in list(self._in_use):
-                info = LeaseInfo(self.name, now - rec.lease_start, rec.route, format_stack(rec.stack))
-                abandoned.append(info)
-                emit("drain.abandoned", self.name, info.describe(), held=info.held_seconds,
-                     route=info.route)
-                self._in_use.discard(rec)
-                self._discarded["drain"] += 1
-                self.connector.terminate(rec.conn)
-        if self._io:
-            await asyncio.wait(list(self._io), timeout=self.config.drain_timeout)
+        try:
+            if self._in_use:
+                self._drained.clear()
+                try:
+                    async with asyncio.timeout(self.config.drain_timeout):
+                        await self._drained.wait()
+                except TimeoutError:
+                    pass
+            abandoned = self._abandon_leases()
+            if self._io:
+                await asyncio.wait(list(self._io), timeout=self.config.drain_timeout)
+        except BaseException:
+            # close itself cancelled (a second Ctrl-C): still end every lease, or a driver's
+            # thread (aiosqlite) keeps the process alive
+            self._abandon_leases()
+            self._state = _CLOSED
+            raise
         self._state = _CLOSED
         emit("drain.finished", self.name, f"abandoned={len(abandoned)}", abandoned=len(abandoned))
+        return abandoned
+
+    def _abandon_leases(self) -> list[LeaseInfo]:
+        """Close the connections of the leases still out, reporting each with where it was taken."""
+        abandoned: list[LeaseInfo] = []
+        now = _monotonic()
+        for rec in list(self._in_use):
+            info = LeaseInfo(self.name, now - rec.lease_start if rec.lease_start else 0.0, rec.route,
+                             format_stack(rec.stack))
+            abandoned.append(info)
+            emit("drain.abandoned", self.name, info.describe(), held=info.held_seconds,
+                 route=info.route)
+            self._in_use.discard(rec)
+            self._discarded["drain"] += 1
+            self.connector.terminate(rec.conn)
         return abandoned
 
     async def __aenter__(self) -> Pool[C]:
@@ -530,7 +543,8 @@ class Pool(Generic[C]):
         self._in_use.add(rec)
         rec.lease_start = now
         self._acquired += 1
-        self._observe_lend(rec, wait)
+        if self._observed:
+            self._observe_lend(rec, wait)
         handle = _new(rec.handle_cls)
         handle._lg_conn = rec.conn
         handle._lg_rec = rec

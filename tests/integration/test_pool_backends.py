@@ -156,9 +156,9 @@ class Psycopg(Asyncpg):
         await conn.execute(sql)
 
 
-def _aiosqlite_threads() -> int:
+def _aiosqlite_threads() -> set[threading.Thread]:
     # aiosqlite runs one worker thread per open connection, named after its target function.
-    return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+    return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
 
 
 class Sqlite(Backend):
@@ -198,7 +198,7 @@ class Sqlite(Backend):
         return not conn.in_transaction  # sqlite3_get_autocommit(): the engine's own state
 
     async def server_count(self) -> int:
-        return _aiosqlite_threads() - self.threads_before
+        return len(_aiosqlite_threads() - self.threads_before)  # not those of earlier tests
 
     async def alive(self, idents: set[Any]) -> int:
         return sum(not self.connector.is_closed(conn) for conn in idents)
@@ -256,7 +256,7 @@ class Mysql(Backend):
         return None if row is None else row[0]
 
     async def outside_transaction(self, conn: Any) -> bool:
-        return await self.value(conn, "SELECT @@in_transaction") == 0
+        return bool(await self.value(conn, "SELECT @@in_transaction") == 0)
 
     async def server_count(self) -> int:
         return int(await self._admin(
@@ -316,7 +316,8 @@ async def settled(backend: Backend, db: Pool[Any]) -> tuple[int, int]:
 
 
 async def test_lend_query_return(backend: Backend) -> None:
-    """A lent connection answers a query through its handle and comes back: acquired == released, none in use."""
+    """A lent connection answers a query through its handle and comes back: acquired == released,
+    none in use."""
     async with backend.pool(max_size=2) as db:
         for _ in range(3):
             async with db.acquire() as conn:
@@ -336,7 +337,8 @@ async def test_lend_query_return(backend: Backend) -> None:
 
 @pytest.mark.parametrize("how", ["left-open", "failed-statement"])
 async def test_transaction_rolled_back_before_reuse(backend: Backend, how: str) -> None:
-    """A transaction a borrower left open (or broke with a failed statement) is rolled back before the connection is lent again."""
+    """A transaction a borrower left open (or broke with a failed statement) is rolled back before
+    the connection is lent again."""
     async with backend.pool(max_size=1) as db:
         async with db.acquire() as conn:
             before = await backend.ident(conn)
@@ -345,11 +347,14 @@ async def test_transaction_rolled_back_before_reuse(backend: Backend, how: str) 
                 await backend.execute(conn, backend.begin_sql)
                 await backend.execute(conn, f"INSERT INTO {backend.table} (id) VALUES (1)")
         else:
-            with pytest.raises(backend.query_error):
+            async def broken() -> None:
                 async with db.acquire() as conn:
                     await backend.execute(conn, backend.begin_sql)
                     await backend.execute(conn, f"INSERT INTO {backend.table} (id) VALUES (1)")
-                    await backend.execute(conn, backend.error_sql)
+                    await backend.execute(conn, backend.error_sql)  # leaves the lease with the error
+
+            with pytest.raises(backend.query_error):
+                await broken()
         async with db.acquire() as conn:
             assert await backend.ident(conn) == before  # the same connection, rolled back not replaced
             assert await backend.outside_transaction(conn)
@@ -366,7 +371,8 @@ async def test_transaction_rolled_back_before_reuse(backend: Backend, how: str) 
 
 @pytest.mark.parametrize("reset", ["default", "full"])
 async def test_session_setting_and_reset(backend: Backend, reset: str) -> None:
-    """A session setting survives into the next lease with the default reset, and is undone by reset="full"."""
+    """A session setting survives into the next lease with the default reset, and is undone by
+    reset="full"."""
     async with backend.pool(max_size=1, reset=reset) as db:
         async with db.acquire() as conn:
             ident = await backend.ident(conn)
@@ -442,7 +448,8 @@ async def burst(backend: Backend, db: Pool[Any], *, requests: int, concurrency: 
 
 
 async def test_burst_server_counts_match(backend: Backend) -> None:
-    """After 1,000 requests with errors, open transactions and cancellations, no lease is left and the server sees exactly the pool's connections."""
+    """After 1,000 requests with errors, open transactions and cancellations, no lease is left and
+    the server sees exactly the pool's connections."""
     async with backend.pool(max_size=8, min_size=1) as db:
         asked, ended = await burst(backend, db, requests=1000, concurrency=50, seed=1)
         assert ended == Counter({
@@ -503,7 +510,8 @@ async def _true(value: bool) -> bool:
 
 
 async def test_max_lifetime_replaces_connections(backend: Backend) -> None:
-    """With a tiny max_lifetime the connections are replaced (new server sessions) while every request succeeds."""
+    """With a tiny max_lifetime the connections are replaced (new server sessions) while every
+    request succeeds."""
     async with backend.pool(min_size=2, max_size=4, max_lifetime=0.2) as db:
         seen: list[Any] = []
         first: set[Any] = set()

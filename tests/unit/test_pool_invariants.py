@@ -236,6 +236,8 @@ class _User:
                 self.handle = conn
                 self.state = "holding"
                 await self.go.wait()
+                if self.mode == "released":  # ended from outside: the handle is dead now
+                    return
                 if self.mode == "tx":
                     await conn.execute("BEGIN")
                 elif self.mode == "disconnect":
@@ -308,6 +310,7 @@ class PoolMachine(RuleBasedStateMachine):
             await self.pool.release(holder.handle)  # the holder's own exit later is a no-op
             waiter.task.cancel()
 
+        holder.mode = "released"
         self.loop.run_until_complete(race())
         holder.go.set()
         self.run()

@@ -90,7 +90,10 @@ class AsyncpgConnector:
         return bool(conn.is_closed())
 
     def in_transaction(self, conn: asyncpg.Connection) -> bool:
-        return bool(conn.is_in_transaction())  # false on a closed connection: no need to ask twice
+        # asyncpg records a transaction block (_top_xact) before its BEGIN is sent; a lease cancelled
+        # in between leaves no server transaction but a client-side one, which would turn the next
+        # borrower's transaction() into a SAVEPOINT: the release path must roll it back too
+        return bool(conn.is_in_transaction()) or getattr(conn, "_top_xact", None) is not None
 
     async def rollback(self, conn: asyncpg.Connection) -> None:
         # A transaction started with ``tr = conn.transaction(); await tr.start()`` and never
@@ -120,6 +123,8 @@ class AsyncpgConnector:
         if isinstance(exc, asyncpg.PostgresError):
             state: str = getattr(exc, "sqlstate", None) or ""
             return state.startswith("08") or state in _SESSION_ENDED
+        if isinstance(exc, asyncpg.exceptions.InternalClientError):
+            return True  # the protocol is out of sync: the connection cannot be trusted again
         if isinstance(exc, asyncpg.InterfaceError):
             return bool(_CLOSED.search(str(exc)))
         return False

@@ -105,6 +105,11 @@ def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+def require() -> None:
+    """Raise ConfigError naming the extra when prometheus_client is not installed."""
+    _client()
+
+
 def _client() -> Any:
     try:
         import prometheus_client

@@ -108,7 +108,10 @@ class DSN:
                 for k, v in parse_qsl(query, keep_blank_values=True)
             ]
             query = urlencode(pairs, safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        out = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        if not netloc and self._url.startswith(f"{parts.scheme}://"):
+            out = f"{parts.scheme}://{out[len(parts.scheme) + 1:]}"  # sqlite:///x keeps its slashes
+        return out
 
     def __str__(self) -> str:
         return self.redacted

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from lifeguard import Unavailable
 from lifeguard.handle import Handle
@@ -258,13 +258,18 @@ class PoolMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.connector = FakeConnector()
+        self.users: list[_User] = []
+
+    @initialize(min_size=st.integers(0, 2), extra=st.integers(0, 2),
+                check_after_idle=st.sampled_from([None, 0, 0.002]))
+    def open_pool(self, min_size: int, extra: int, check_after_idle: float | None) -> None:
         self.pool = fake_pool(
-            "db", self.connector, min_size=1, max_size=3, acquire_timeout=0.05, check_after_idle=0.002,
+            "db", self.connector, min_size=min_size, max_size=max(min_size, 1) + extra,
+            acquire_timeout=0.05, check_after_idle=check_after_idle,
             failure_threshold=2, backoff_initial=0.001, backoff_max=0.002, connect_timeout=0.05,
             reset_timeout=0.05, drain_timeout=0.2, max_lifetime=None, keepalive_interval=None,
         )
         self.watch = Watch(self.pool)
-        self.users: list[_User] = []
         self.loop.run_until_complete(self.pool.open(wait=False))
 
     def run(self, seconds: float = 0.0) -> None:
@@ -315,7 +320,7 @@ class PoolMachine(RuleBasedStateMachine):
         holder.go.set()
         self.run()
 
-    @rule(delay=st.sampled_from([0, 0.003]))
+    @rule(delay=st.sampled_from([0, 0.01]))
     def ping_speed(self, delay: float) -> None:
         self.connector.ping_delay = delay
         self.run()
@@ -389,7 +394,8 @@ class PoolMachine(RuleBasedStateMachine):
 
             self.loop.run_until_complete(finish())
         finally:
-            self.loop.run_until_complete(self.pool.close())
+            if hasattr(self, "pool"):
+                self.loop.run_until_complete(self.pool.close())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 

@@ -430,8 +430,10 @@ class Pool(Generic[C]):
             raise self._closed_error()
         limit = self.config.acquire_timeout if timeout is None else timeout
         deadline = start + limit
+        retry = False
         while True:
-            rec = await self._wait(deadline, limit)
+            rec = await self._wait(deadline, limit, front=retry)
+            retry = True  # a caller whose connection failed its check keeps its place in line
             if not self._usable(rec):
                 continue
             now = _monotonic()
@@ -443,11 +445,14 @@ class Pool(Generic[C]):
                     raise self._timed_out(limit) from None
                 if not ok:
                     continue
+                if self._state is not _OPEN:  # close() began during the ping
+                    self._put_back(rec)
+                    raise self._closed_error()
                 now = _monotonic()
             self._wait_hist.observe(now - start)
             return self._lend(rec, now, now - start)
 
-    async def _wait(self, deadline: float, limit: float) -> _Record[C]:
+    async def _wait(self, deadline: float, limit: float, *, front: bool = False) -> _Record[C]:
         """Queue for the next free connection, first come first served."""
         if self._state is not _OPEN:
             raise self._closed_error()
@@ -463,7 +468,10 @@ class Pool(Generic[C]):
                 resource=self.name, retry_after=self._retry_hint())
         loop = self._loop or asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), deadline, limit)
-        self._waiters.append(waiter)
+        if front:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)
         self._grow()
@@ -626,13 +634,14 @@ class Pool(Generic[C]):
     async def _reset(self, rec: _Record[C], cancelled: bool) -> None:
         """Roll back (and fully reset, or re-check after a cancel) under a bounded shield."""
         connector = self.connector
+        if cancelled and connector.is_closed(rec.conn):
+            # the driver closed it on the cancel (asyncmy does): nothing wrong with the backend
+            self._discard(rec, "cancelled")
+            return
         try:
             async with asyncio.timeout(self.config.reset_timeout):
                 if cancelled:
-                    # a cancel can land mid-query (and aiosqlite's statement goes on in its thread):
-                    # the ping waits for the protocol to be in sync, so the transaction state after
-                    # it is the true one
-                    await connector.ping(rec.conn)
+                    await self._resync(rec.conn)
                 if self._full_reset:
                     await connector.reset(rec.conn)
                 elif connector.in_transaction(rec.conn):
@@ -647,6 +656,18 @@ class Pool(Generic[C]):
             self._discard(rec, "reset_failed")
             raise
         self._free(rec, _monotonic())
+
+    async def _resync(self, conn: C) -> None:
+        """After a cancel: a ping waits until the protocol is in sync again (aiosqlite's statement
+        even goes on in its thread), so the transaction state read after it is the true one."""
+        connector = self.connector
+        try:
+            await connector.ping(conn)
+        except Exception as exc:
+            # an aborted transaction refuses the ping, yet the server answered: the rollback that
+            # follows clears it; anything else means the connection is gone
+            if connector.is_disconnect(exc) or not connector.in_transaction(conn):
+                raise
 
     def _free(self, rec: _Record[C], now: float) -> None:
         """A lease ended cleanly: recycle the connection if it is due, else put it back."""
@@ -752,7 +773,7 @@ class Pool(Generic[C]):
     # -- background I/O --------------------------------------------------------------------------
 
     def _spawn_bg(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = (self._loop or asyncio.get_running_loop()).create_task(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
         return task
@@ -861,7 +882,10 @@ class Pool(Generic[C]):
         if not graceful:
             self.connector.terminate(conn)
             return
-        task = asyncio.get_running_loop().create_task(self._close_gracefully(conn))
+        if self._loop is None or self._loop.is_closed():
+            self.connector.terminate(conn)
+            return
+        task = self._loop.create_task(self._close_gracefully(conn))
         self._io.add(task)
         task.add_done_callback(self._io.discard)
 

@@ -9,6 +9,7 @@ for SQLite (no server) the worker threads aiosqlite runs one per open connection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 import threading
@@ -565,3 +566,34 @@ async def test_expire_replaces_all(backend: Backend) -> None:
         assert await eventually(lambda: _zero(backend.alive(old)))
         server, size = await settled(backend, db)
         assert server == size == 3
+
+
+# --- a cancel inside a transaction --------------------------------------------------------------------
+
+
+async def test_cancel_inside_transaction_keeps_a_healthy_connection(backend: Backend) -> None:
+    """A lease cancelled mid-query inside a transaction is rolled back and kept, not thrown away,
+    when the driver left the connection open (an aborted transaction refuses the ping, yet the
+    server answered)."""
+    async with backend.pool(max_size=1, check_after_idle=None) as db:
+        started = asyncio.Event()
+
+        async def in_transaction() -> None:
+            async with db.acquire() as conn:
+                await backend.execute(conn, backend.begin_sql)
+                started.set()
+                await backend.execute(conn, backend.sleep_sql)
+
+        task = asyncio.create_task(in_transaction())
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with db.acquire() as conn:
+            assert await backend.value(conn, "SELECT 1") == 1
+        stats = db.stats()
+        assert stats.in_use == 0
+        assert "reset_failed" not in stats.discarded
+        if backend.name in ("asyncpg", "psycopg", "sqlite"):  # asyncmy closes on a cancel by design
+            assert stats.discarded == {}

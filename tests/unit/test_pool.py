@@ -133,6 +133,32 @@ async def test_waiters_are_served_in_arrival_order(make_pool: MakePool) -> None:
     assert_quiet(pool)
 
 
+async def test_waiter_whose_connection_fails_its_check_keeps_its_place(make_pool: MakePool) -> None:
+    """A waiter handed a connection that then fails its pre-lend check queues again at the front,
+    ahead of callers that came after it."""
+    connector = FakeConnector()
+    pool = make_pool(connector, min_size=1, max_size=1, acquire_timeout=5)
+    await pool.open()
+    order: list[int] = []
+
+    async def user(i: int) -> None:
+        async with pool.acquire():
+            order.append(i)
+            await asyncio.sleep(0)
+
+    holder = await pool.acquire()
+    tasks = []
+    for i in range(3):
+        tasks.append(asyncio.create_task(user(i)))
+        await settle(3)
+    unwrap(holder).closed = True  # dies during the lease, seen when the waiter checks it
+    await pool.release(holder)  # goes to waiter 0, whose check finds it dead
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
+    assert pool.stats().discarded.get("disconnect") == 1
+    assert_quiet(pool)
+
+
 async def test_returned_connection_goes_to_oldest_waiter_not_a_newcomer(make_pool: MakePool) -> None:
     """A caller that acquires in the same instant a connection is returned queues behind the waiters."""
     pool = make_pool(min_size=1, max_size=1, acquire_timeout=5)

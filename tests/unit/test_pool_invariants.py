@@ -99,7 +99,7 @@ class Watch:
         assert s.released == s.acquired, (s.released, s.acquired)
 
 
-async def _quiesce(pool: Pool[Any], timeout: float = 3.0) -> None:
+async def _quiesce(pool: Pool[Any], timeout: float = 1.5) -> None:
     deadline = time.monotonic() + timeout
     while pool._in_use or pool._connecting or pool._io or any(not w.fut.done() for w in pool._waiters):
         assert time.monotonic() < deadline, f"pool never went quiet: {pool!r}"

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["PoolCollector", "collector", "instrument", "multiprocess", "render"]
+__all__ = ["PoolCollector", "collector", "instrument", "multiprocess", "render", "require"]
 
 POOL = "db_client_connection_pool_name"
 STATE = "db_client_connection_state"

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from lifeguard.errors import LeaseEnded
 
 if TYPE_CHECKING:
-    from lifeguard.pool import Pool, _Record
+    from lifeguard.lease import _Record
+    from lifeguard.upkeep import PoolUpkeep
 
 __all__ = ["Handle", "handle_class_for", "unwrap"]
 
@@ -28,7 +29,7 @@ class Handle:
     _lg_rec: _Record[Any]
 
     @property
-    def _lg_pool(self) -> Pool[Any]:
+    def _lg_pool(self) -> PoolUpkeep[Any]:
         return self._lg_rec.pool
 
     def __getattr__(self, name: str) -> Any:

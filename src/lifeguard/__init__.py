@@ -1,5 +1,7 @@
 """lifeguard: correct, fast and observable connection lifecycles for FastAPI services."""
 
+from lifeguard.clients.client import Client
+from lifeguard.clients.config import ClientConfig
 from lifeguard.config import DSN, PoolConfig
 from lifeguard.connectors.base import Connector, ServerInfo
 from lifeguard.errors import (
@@ -21,6 +23,8 @@ from lifeguard.pool import Pool
 __all__ = [
     "DSN",
     "BackendDown",
+    "Client",
+    "ClientConfig",
     "ConfigError",
     "Connector",
     "HistogramSnapshot",

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from lifeguard.clients import Client, ClientConfig, driver_for
+from lifeguard.clients.base import ClientDriver
 from lifeguard.config import DSN, PoolConfig, Secrets, check_resource_name, env_name
 from lifeguard.connectors import connector_for
 from lifeguard.connectors.base import Connector
@@ -66,6 +68,7 @@ class Lifeguard:
     def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
         self._resources: dict[str, Resource[Any]] = {}
+        self._declared: dict[str, Resource[Any] | Client[Any]] = {}  # pools and clients, in order
         self._listeners: list[PoolListener] = []
         self.draining = False
 
@@ -78,7 +81,7 @@ class Lifeguard:
         also read from ``LIFEGUARD_<NAME>_<SETTING>``. Pass ``connector`` to bring your own backend.
         """
         check_resource_name(name)
-        if name in self._resources:
+        if name in self._declared:
             raise ConfigError(f"resource {name!r} is declared twice")
         config = PoolConfig.from_settings(name, settings, self._environ)
         if url is None:
@@ -94,8 +97,34 @@ class Lifeguard:
         resource: Resource[Any] = Resource(name, connector, config, dsn)
         for listener in self._listeners:
             resource.add_listener(listener)
-        self._resources[name] = resource
+        self._resources[name] = self._declared[name] = resource
         return resource
+
+    def client(self, name: str, url: str | None = None, *, kind: str | None = None,
+               factory: ClientDriver[Any] | None = None, **settings: Any) -> Client[Any]:
+        """Declare a shared, self-pooling client; validates now (raising ConfigError), opens at start-up
+        in declaration order with the pools, and closes in reverse.
+
+        ``url`` may come from ``LIFEGUARD_<NAME>_URL``; the scheme picks the driver: redis://,
+        rediss://, unix:// (redis.asyncio), http://, https:// (an httpx base URL); pass
+        ``kind="sqlalchemy"`` for a SQLAlchemy async engine (its URLs look like a pool's). Settings are
+        ClientConfig keywords, also read from ``LIFEGUARD_<NAME>_<SETTING>``. Pass ``factory`` (a
+        :class:`~lifeguard.clients.ClientDriver`) to bring your own client.
+        """
+        check_resource_name(name)
+        if name in self._declared:
+            raise ConfigError(f"resource {name!r} is declared twice")
+        config = ClientConfig.from_settings(name, settings, self._environ)
+        if url is None:
+            url = self._environ.get(f"LIFEGUARD_{env_name(name)}_URL")
+        dsn = None if url is None else DSN(url)
+        if factory is None:
+            if dsn is None:
+                raise ConfigError(f"client {name!r} needs a url (or LIFEGUARD_{env_name(name)}_URL)")
+            factory = driver_for(dsn, config, kind)
+        client: Client[Any] = Client(name, factory, config, dsn)
+        self._declared[name] = client
+        return client
 
     @property
     def resources(self) -> Mapping[str, Resource[Any]]:
@@ -112,7 +141,7 @@ class Lifeguard:
         for resource in self._resources.values():
             resource.add_listener(listener)
 
-    def _closed(self, resource: Resource[Any]) -> None:
+    def _closed(self, resource: Resource[Any] | Client[Any]) -> None:
         for listener in self._listeners:
             on_closed = getattr(listener, "on_closed", None)
             if on_closed is not None:
@@ -122,14 +151,14 @@ class Lifeguard:
         return self._resources[name]
 
     def __repr__(self) -> str:
-        return f"<Lifeguard resources={list(self._resources)}>"
+        return f"<Lifeguard resources={list(self._declared)}>"
 
     async def open(self) -> None:
         """Open every resource in declaration order; on failure close those already open."""
         self.draining = False
-        opened: list[Resource[Any]] = []
+        opened: list[Resource[Any] | Client[Any]] = []
         try:
-            for resource in self._resources.values():
+            for resource in self._declared.values():
                 await self._open_one(resource)
                 opened.append(resource)
         except BaseException:
@@ -138,7 +167,7 @@ class Lifeguard:
                 self._closed(resource)
             raise
 
-    async def _open_one(self, resource: Resource[Any]) -> None:
+    async def _open_one(self, resource: Resource[Any] | Client[Any]) -> None:
         cfg = resource.config
         if cfg.startup == "lazy":
             await resource.open(wait=False)
@@ -149,7 +178,7 @@ class Lifeguard:
                      "the background", level=30, degraded=True)
         else:
             await resource.open(wait=True)
-        if resource.ready:
+        if resource.ready and isinstance(resource, Resource):
             await self._check_share(resource)
 
     async def _check_share(self, resource: Resource[Any]) -> None:
@@ -172,7 +201,7 @@ class Lifeguard:
         """Drain every resource, in reverse declaration order; returns the leases abandoned."""
         self.draining = True  # /readyz turns red before anything is refused
         abandoned: dict[str, list[LeaseInfo]] = {}
-        for resource in reversed(list(self._resources.values())):
+        for resource in reversed(list(self._declared.values())):
             left = await resource.close()
             self._closed(resource)
             if left:
@@ -197,7 +226,7 @@ class Lifeguard:
 
     def stats(self) -> dict[str, PoolStats]:
         """A snapshot of every resource, keyed by name."""
-        return {name: r.stats() for name, r in self._resources.items()}
+        return {name: r.stats() for name, r in self._declared.items()}
 
     def install(self, app: FastAPI, *, health: bool = True, metrics: bool | None = None, stats: bool = True,
                 prefix: str = "") -> None:

@@ -11,6 +11,8 @@ import lifeguard
 PUBLIC = [
     "DSN",
     "BackendDown",
+    "Client",
+    "ClientConfig",
     "ConfigError",
     "Connector",
     "HistogramSnapshot",

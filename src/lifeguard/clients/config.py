@@ -46,7 +46,8 @@ class ClientConfig:
                               f"(got health_interval={value!r})")
         path = self.health_path
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
-            raise ConfigError(f"health_path must be a path starting with '/' or None (got health_path={path!r})")
+            raise ConfigError(f"health_path must be a path starting with '/' or None "
+                              f"(got health_path={path!r})")
 
     def _shared(self) -> PoolConfig:
         return PoolConfig(startup=self.startup, startup_timeout=self.startup_timeout, optional=self.optional,

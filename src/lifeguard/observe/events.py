@@ -37,6 +37,9 @@ EVENTS: dict[str, int] = {
     "pool.paused": logging.INFO,
     "pool.resumed": logging.INFO,
     "pool.share": logging.WARNING,
+    "client.opened": logging.INFO,
+    "client.ready": logging.INFO,
+    "client.closed": logging.INFO,
 }
 
 

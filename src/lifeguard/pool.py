@@ -97,7 +97,7 @@ class Pool(PoolUpkeep[C]):
             return []
         was_new = self._state == NEW
         self._state = DRAINING
-        self._blocked = True if self._state is not OPEN else self._paused
+        self._blocked = True
         if was_new:
             self._state = CLOSED
             return []

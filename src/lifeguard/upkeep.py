@@ -71,8 +71,8 @@ class PoolUpkeep(Generic[C]):
         # leak stacks, listeners or DEBUG logging: the lend/return hooks must run. Re-read by the
         # housekeeper, so DEBUG switched on at runtime shows lend/return events within one tick.
         self._observed = False
-        self._breaker = CircuitBreaker(cfg.failure_threshold, Backoff(cfg.backoff_initial, cfg.backoff_max))
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        self._breaker = CircuitBreaker(cfg.failure_threshold, self._backoff)
         self._bg: set[asyncio.Task[Any]] = set()  # cancelled at close
         self._io: set[asyncio.Task[Any]] = set()  # resets and closes: awaited at close
         self._probe: asyncio.Task[None] | None = None

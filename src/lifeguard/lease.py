@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -82,7 +83,7 @@ class AcquireContext(Generic[C]):
         self._timeout = timeout
         self._handle: C | None = None
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, C]:
         return self._pool._acquire(self._timeout).__await__()
 
     async def __aenter__(self) -> C:

@@ -174,8 +174,8 @@ class Lifeguard:
         elif cfg.optional:
             await resource.open(wait=False)
             if not await resource.wait_ready(cfg.startup_timeout):
-                emit("pool.ready", resource.name, "optional resource starts degraded; connecting in "
-                     "the background", level=30, degraded=True)
+                emit("pool.degraded", resource.name, "optional resource starts degraded; connecting "
+                     "in the background")
         else:
             await resource.open(wait=True)
         if resource.ready and isinstance(resource, Resource):

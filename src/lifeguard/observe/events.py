@@ -17,6 +17,7 @@ logger = logging.getLogger("lifeguard")
 EVENTS: dict[str, int] = {
     "pool.opened": logging.INFO,
     "pool.ready": logging.INFO,
+    "pool.degraded": logging.WARNING,
     "connection.opened": logging.INFO,
     "connection.failed": logging.WARNING,
     "connection.lent": logging.DEBUG,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import pgbouncer
 from tests.support.servers import MYSQL_URL, POSTGRES_URL, REDIS_URL, require
 
 
@@ -23,3 +24,9 @@ def redis_url() -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path}/lifeguard-test.db"  # type: ignore[operator]
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url() -> str:
+    """Database ``test`` through a PgBouncer in transaction mode that scripts/pgbouncer starts."""
+    return pgbouncer.ensure()

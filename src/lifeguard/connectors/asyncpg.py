@@ -130,5 +130,8 @@ class AsyncpgConnector:
         return False
 
     async def server_info(self, conn: asyncpg.Connection) -> ServerInfo:
-        row = await conn.fetchrow(_SERVER_INFO)
+        # An unnamed statement even when the cache is on: `lifeguard check` (default config) may be
+        # pointed at PgBouncer, where a named one stays on the server and the next check's
+        # "__asyncpg_stmt_1__" collides with it (DuplicatePreparedStatementError).
+        row = await (await conn.prepare(_SERVER_INFO, name="")).fetchrow()
         return ServerInfo(product="PostgreSQL", version=str(row[0]), max_connections=int(row[1]))

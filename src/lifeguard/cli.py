@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=_seconds, default=10.0,
                        help="seconds to wait for each database (default: 10)")
     check.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    check.add_argument("--pgbouncer", action="store_true",
+                       help="connect as a pgbouncer=True pool does (no named prepared statements)")
     check.set_defaults(run=_check)
 
     top = sub.add_parser("top", help="watch the pools of a running service",
@@ -130,7 +132,7 @@ def _check(args: argparse.Namespace) -> int:
     rich_console = _need("rich.console")
     err = rich_console.Console(stderr=True)
     with err.status(f"connecting to {len(args.urls)} database(s)…", spinner="dots"):
-        results = asyncio.run(_check_all(args.urls, args.timeout))
+        results = asyncio.run(_check_all(args.urls, args.timeout, args.pgbouncer))
     if args.json:
         rows = [{k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()}
                 for r in results]
@@ -141,18 +143,18 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-async def _check_all(urls: Sequence[str], timeout: float) -> list[_Result]:
-    return list(await asyncio.gather(*(_check_one(url, timeout) for url in urls)))
+async def _check_all(urls: Sequence[str], timeout: float, pgbouncer: bool = False) -> list[_Result]:
+    return list(await asyncio.gather(*(_check_one(url, timeout, pgbouncer) for url in urls)))
 
 
-async def _check_one(url: str, timeout: float) -> _Result:
+async def _check_one(url: str, timeout: float, pgbouncer: bool = False) -> _Result:
     from lifeguard.connectors import connector_for
 
     try:
         dsn = DSN(url)
     except ConfigError as exc:
         return _Result(url="(unparsable URL)", ok=False, error=f"ConfigError: {exc}")
-    config = PoolConfig()
+    config = PoolConfig(pgbouncer=pgbouncer and dsn.scheme in ("postgresql", "postgres"))
     secrets = Secrets((*dsn.secrets.values, *config.secrets))
     result = _Result(url=dsn.redacted, ok=False)
     conn: Any = None

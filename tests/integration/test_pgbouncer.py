@@ -267,12 +267,13 @@ async def test_without_the_flag_prepared_statements_break(pgbouncer_url: str, dr
     assert len(answers) + len(errors) == QUERIES
 
 
-def test_lifeguard_check_through_pgbouncer(pgbouncer_url: str) -> None:
+@pytest.mark.parametrize("flags", [(), ("--pgbouncer",)], ids=["default", "pgbouncer-flag"])
+def test_lifeguard_check_through_pgbouncer(pgbouncer_url: str, flags: tuple[str, ...]) -> None:
     """``lifeguard check`` through PgBouncer exits 0 with both drivers, again and again: it leaves no
     named prepared statement on the server connections for the next check to collide with."""
     urls = (ASYNCPG.url(pgbouncer_url), PSYCOPG.url(pgbouncer_url))
     for _ in range(3):
-        result = run("check", *urls, timeout=30)
+        result = run("check", *flags, *urls, timeout=30)
         assert result.returncode == 0, result
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 2

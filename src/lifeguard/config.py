@@ -203,18 +203,30 @@ class PoolConfig:
         for key in settings:
             if key not in known:
                 raise ConfigError(f"unknown setting {key!r} for resource {resource!r}")
-        values: dict[str, Any] = {}
-        env = os.environ if environ is None else environ
-        prefix = f"LIFEGUARD_{env_name(resource)}_"
-        for name, f in known.items():
-            raw = env.get(prefix + name.upper())
-            if raw is not None and name != "options":
-                values[name] = _parse_env(name, raw, f.default)
+        values = env_settings(cls, resource, environ)
         values.update(settings)
         try:
             return cls(**values)
         except TypeError as exc:  # pragma: no cover - all keys were checked above
             raise ConfigError(str(exc)) from None
+
+
+def env_settings(cls: type[Any], resource: str, environ: Mapping[str, str] | None,
+                 text: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The ``LIFEGUARD_<RESOURCE>_<SETTING>`` values for the fields of the config class ``cls``,
+    parsed by each field's default type (names in ``text`` are kept as strings; none/off mean None)."""
+    env = os.environ if environ is None else environ
+    prefix = f"LIFEGUARD_{env_name(resource)}_"
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw = env.get(prefix + f.name.upper())
+        if raw is None or f.name == "options":
+            continue
+        if f.name in text:
+            values[f.name] = None if raw.strip().lower() in ("", "none", "off") else raw.strip()
+        else:
+            values[f.name] = _parse_env(f.name, raw, f.default)
+    return values
 
 
 def env_name(resource: str) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifeguard.config import PoolConfig, Startup, _parse_env, env_name
+from lifeguard.config import PoolConfig, Startup, env_settings
 from lifeguard.errors import ConfigError
 
 __all__ = ["ClientConfig"]
@@ -71,16 +70,6 @@ class ClientConfig:
                                   "pools its own connections (pass its own limits in options=)")
             if key not in known:
                 raise ConfigError(f"unknown setting {key!r} for client {resource!r}")
-        values: dict[str, Any] = {}
-        env = os.environ if environ is None else environ
-        prefix = f"LIFEGUARD_{env_name(resource)}_"
-        for name, f in known.items():
-            raw = env.get(prefix + name.upper())
-            if raw is None or name == "options":
-                continue
-            if name == "health_path":
-                values[name] = None if raw.strip().lower() in ("", "none", "off") else raw.strip()
-            else:
-                values[name] = _parse_env(name, raw, f.default)
+        values = env_settings(cls, resource, environ, text=frozenset({"health_path"}))
         values.update(settings)
         return cls(**values)

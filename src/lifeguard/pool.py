@@ -10,6 +10,7 @@ loop, the way HikariCP's user threads only block on its bag.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from bisect import bisect_left
 from collections.abc import Awaitable
@@ -145,6 +146,7 @@ class Pool(PoolUpkeep[C]):
             self._in_use.discard(rec)
             self._discarded["drain"] += 1
             self.connector.terminate(rec.conn)
+            _detach_handles_of(rec)
         return abandoned
 
     async def __aenter__(self) -> Pool[C]:
@@ -530,3 +532,14 @@ class Pool(PoolUpkeep[C]):
         else:
             self._touch(rec, now)
             self._put_back(rec)
+
+
+def _detach_handles_of(rec: _Record[Any]) -> None:
+    """End the lease of whatever handle still points at ``rec``, so its holder gets LeaseEnded.
+
+    Records keep no reference to their handle (that would cost the hot path and keep a dropped
+    handle alive); at drain, a once-per-abandoned-lease scan of the referrers finds it instead.
+    """
+    for obj in gc.get_referrers(rec):
+        if isinstance(obj, Handle) and obj._lg_rec is rec:
+            obj._lg_conn = None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lifeguard import BackendDown, PoolClosed, PoolOverloaded, PoolTimeout, Unavailable, unwrap
+from lifeguard import BackendDown, LeaseEnded, PoolClosed, PoolOverloaded, PoolTimeout, Unavailable, unwrap
 from lifeguard.pool import Pool
 from lifeguard.testing import FakeConnector, FakeDisconnect, FakeQueryError, assert_no_leases, fake_pool
 
@@ -290,6 +290,19 @@ async def test_close_drains_then_reports_the_lease_still_out(make_pool: MakePool
     await pool.release(kept)  # returning an abandoned lease late is harmless
     with pytest.raises(PoolClosed):
         await pool.acquire()
+
+
+async def test_a_lease_abandoned_at_drain_is_detached(make_pool: MakePool) -> None:
+    """The holder of a lease that drain gave up on gets LeaseEnded on its next call, not the driver's
+    error from a closed connection."""
+    pool = make_pool(min_size=1, max_size=1, drain_timeout=0.05)
+    await pool.open()
+    kept = await pool.acquire()
+    assert await kept.execute("SELECT 1") == "OK"
+    abandoned = await pool.close()
+    assert len(abandoned) == 1
+    with pytest.raises(LeaseEnded, match="db"):
+        await kept.execute("SELECT 1")
 
 
 async def test_close_returns_as_soon_as_the_last_lease_comes_back(make_pool: MakePool) -> None:

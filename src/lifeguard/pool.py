@@ -288,11 +288,20 @@ class Pool(PoolUpkeep[C]):
         deadline = start + limit
         retry = False
         while True:
-            rec = await self._wait(deadline, limit, front=retry)
+            queued = self._enqueue(deadline, limit, front=retry)
             retry = True  # a caller whose connection failed its check keeps its place in line
-            if not self._usable(rec):
-                continue
+            if isinstance(queued, _Waiter):
+                # awaited here, not in a helper coroutine: one frame less per queued acquire
+                try:
+                    rec = await queued.fut
+                except BaseException:
+                    self._unqueue(queued)
+                    raise
+            else:
+                rec = queued
             now = _monotonic()
+            if not self._usable(rec, now):
+                continue
             if now >= rec.fresh_until or rec.verified_at <= self._invalid_before:
                 try:
                     async with asyncio.timeout(deadline - now):
@@ -308,8 +317,8 @@ class Pool(PoolUpkeep[C]):
             self._wait_hist.observe(now - start)
             return self._lend(rec, now, now - start)
 
-    async def _wait(self, deadline: float, limit: float, *, front: bool = False) -> _Record[C]:
-        """Queue for the next free connection, first come first served."""
+    def _enqueue(self, deadline: float, limit: float, *, front: bool = False) -> _Record[C] | _Waiter[C]:
+        """A free connection now, or this caller's place in the queue (first come, first served)."""
         if self._state is not OPEN:
             raise self._closed_error()
         if self._idle and not self._waiters and not self._paused:
@@ -331,20 +340,20 @@ class Pool(PoolUpkeep[C]):
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)
         self._grow()
+        return waiter
+
+    def _unqueue(self, waiter: _Waiter[C]) -> None:
+        """A queued caller gave up (cancelled, timed out, refused): undo its place in the queue."""
         fut = waiter.fut
-        try:
-            return await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                # granted, then cancelled before this task ran: the grant goes to the next waiter
-                self._put_back(fut.result())
-            else:
-                fut.cancel()
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    pass  # already taken off by the reaper or a failure broadcast
-            raise
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            # granted, then cancelled before this task ran: the grant goes to the next waiter
+            self._put_back(fut.result())
+        else:
+            fut.cancel()
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass  # already taken off by the reaper or a failure broadcast
 
     def _arm_reaper(self, at: float) -> None:
         if self._reaper is not None:
@@ -371,14 +380,14 @@ class Pool(PoolUpkeep[C]):
             listener.on_timeout(self.name)
         return PoolTimeout(self._timeout_message(limit), resource=self.name, retry_after=self._retry_hint())
 
-    def _usable(self, rec: _Record[C]) -> bool:
+    def _usable(self, rec: _Record[C], now: float) -> bool:
         """Sync checks on a connection about to be lent; False when it was recycled or found dead."""
-        if rec.generation != self._generation or _monotonic() >= rec.expires_at:
+        if rec.generation != self._generation or now >= rec.expires_at:
             self._discard(rec, "expired" if rec.generation != self._generation else "lifetime",
                           graceful=True)
             return False
         if self._is_closed(rec.conn):
-            self._dead(rec, _monotonic())
+            self._dead(rec, now)
             return False
         return True
 
@@ -464,13 +473,18 @@ class Pool(PoolUpkeep[C]):
             self._io.add(task)
             task.add_done_callback(self._io.discard)
             return asyncio.shield(task)  # the reset finishes even if the releasing task is cancelled
-        if (self._waiters or self._blocked or self._shrinking or now >= rec.expires_at
-                or rec.generation != self._generation):
-            self._free(rec, now)  # hand-off to a waiter, recycling, draining: the general path
+        if self._blocked or self._shrinking or now >= rec.expires_at or rec.generation != self._generation:
+            self._free(rec, now)  # recycling, draining, paused: the general path
             return None
         rec.last_used = rec.checked_at = now
         fresh = now + self._check_after
         rec.fresh_until = fresh if fresh < rec.expires_at else rec.expires_at
+        waiters = self._waiters
+        while waiters:  # straight to the oldest waiter, which stays counted in use
+            fut = waiters.popleft().fut
+            if not fut.done():
+                fut.set_result(rec)
+                return None
         in_use.remove(rec)
         self._idle.append(rec)
         return None

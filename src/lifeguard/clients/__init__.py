@@ -6,13 +6,13 @@ declaration as a :class:`~lifeguard.ConfigError` naming the extra to install.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from lifeguard.clients.base import ClientDriver, Occupancy
 from lifeguard.clients.client import Client
 from lifeguard.clients.config import ClientConfig
 from lifeguard.config import DSN
+from lifeguard.connectors import import_backend
 from lifeguard.errors import ConfigError
 
 __all__ = ["Client", "ClientConfig", "ClientDriver", "Occupancy", "driver_for"]
@@ -46,12 +46,7 @@ def driver_for(dsn: DSN, config: ClientConfig, kind: str | None = None) -> Clien
         raise ConfigError(f"health_path is for http clients (got health_path={config.health_path!r} "
                           f"for a {kind} client)")
     module_name, package, extra = _KINDS[kind]
-    try:
-        importlib.import_module(package)
-    except ImportError:
-        raise ConfigError(
-            f"the {kind} client needs {package.partition('.')[0]}: pip install 'lifeguard[{extra}]'"
-        ) from None
-    module = importlib.import_module(f"lifeguard.clients.{module_name}")
+    module = import_backend(f"lifeguard.clients.{module_name}", package, extra,
+                            f"the {kind} client needs {package.partition('.')[0]}")
     driver: ClientDriver[Any] = module.create(dsn, config)
     return driver

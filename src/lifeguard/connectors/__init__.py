@@ -7,13 +7,14 @@ declaration as a :class:`~lifeguard.ConfigError` naming the extra to install.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
 from lifeguard.config import DSN, PoolConfig
 from lifeguard.connectors.base import Connector, ServerInfo
 from lifeguard.errors import ConfigError
 
-__all__ = ["Connector", "ServerInfo", "connector_for"]
+__all__ = ["Connector", "ServerInfo", "connector_for", "import_backend"]
 
 # scheme[+driver] -> (module, driver package, extra)
 _BACKENDS: dict[tuple[str, str | None], tuple[str, str, str]] = {
@@ -40,12 +41,17 @@ def connector_for(dsn: DSN, config: PoolConfig) -> Connector[Any]:
         raise ConfigError(f"unsupported URL scheme {dsn.scheme + ('+' + dsn.driver if dsn.driver else '')!r}"
                           f" (supported: {', '.join(known)})")
     module_name, package, extra = _BACKENDS[key]
+    module = import_backend(f"lifeguard.connectors.{module_name}", package, extra,
+                            f"the {package} driver is not installed")
+    connector: Connector[Any] = module.create(dsn, config)
+    return connector
+
+
+def import_backend(module: str, package: str, extra: str, missing: str) -> ModuleType:
+    """Import lifeguard's ``module`` for a backend once its driver ``package`` imports; otherwise a
+    ConfigError that starts with ``missing`` and names the extra to install."""
     try:
         importlib.import_module(package)
     except ImportError:
-        raise ConfigError(
-            f"the {package} driver is not installed: pip install 'lifeguard[{extra}]'"
-        ) from None
-    module = importlib.import_module(f"lifeguard.connectors.{module_name}")
-    connector: Connector[Any] = module.create(dsn, config)
-    return connector
+        raise ConfigError(f"{missing}: pip install 'lifeguard[{extra}]'") from None
+    return importlib.import_module(module)

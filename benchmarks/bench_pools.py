@@ -1,4 +1,4 @@
-"""Pool benchmark: lifeguard against asyncpg, psycopg_pool, SQLAlchemy and a hand-written floor.
+"""Pool benchmark: poolwarden against asyncpg, psycopg_pool, SQLAlchemy and a hand-written floor.
 
 Everything runs in one process, one event loop and one run: each round runs every contender once
 per scenario, in an order that rotates from round to round, and the table reports the median of
@@ -7,9 +7,9 @@ the rounds. Every contender holds 10 connections to the same local PostgreSQL th
     .venv/bin/python benchmarks/bench_pools.py              # 7 rounds, about 3 minutes
     .venv/bin/python benchmarks/bench_pools.py --quick      # 1 short round, a smoke test
     .venv/bin/python benchmarks/bench_pools.py --json out.json
-    .venv/bin/python benchmarks/bench_pools.py --profile a  # cProfile lifeguard in scenario (a)
+    .venv/bin/python benchmarks/bench_pools.py --profile a  # cProfile poolwarden in scenario (a)
 
-LIFEGUARD_BENCH_PG overrides the server URL (default postgresql://postgres@127.0.0.1:5432/test).
+POOLWARDEN_BENCH_PG overrides the server URL (default postgresql://postgres@127.0.0.1:5432/test).
 See benchmarks/README.md for what each contender and scenario means.
 """
 
@@ -71,7 +71,7 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 
-# the no-op-listener variant of lifeguard only runs where the pool itself is the whole cost
+# the no-op-listener variant of poolwarden only runs where the pool itself is the whole cost
 LISTENER_SCENARIOS = ("a", "b")
 
 
@@ -137,17 +137,17 @@ def _scheme_url(url: str, scheme: str) -> str:
     return f"{scheme}://{rest}"
 
 
-async def make_lifeguard(url: str, *, listener: bool = False) -> Contender:
-    from lifeguard import Lifeguard
+async def make_poolwarden(url: str, *, listener: bool = False) -> Contender:
+    from poolwarden import Warden
 
-    guard = Lifeguard()
-    db = guard.pool("db", _scheme_url(url, "postgresql"), min_size=SIZE, max_size=SIZE)
+    warden = Warden()
+    db = warden.pool("db", _scheme_url(url, "postgresql"), min_size=SIZE, max_size=SIZE)
     if listener:
         db.add_listener(NoopListener())
-    await guard.open()
+    await warden.open()
     return Contender(
-        "lifeguard+listener" if listener else "lifeguard", db.acquire, _apg_select1, _apg_sleep,
-        guard.close, LISTENER_SCENARIOS if listener else tuple(SCENARIOS), {"pool": db},
+        "poolwarden+listener" if listener else "poolwarden", db.acquire, _apg_select1, _apg_sleep,
+        warden.close, LISTENER_SCENARIOS if listener else tuple(SCENARIOS), {"pool": db},
     )
 
 
@@ -188,7 +188,7 @@ async def make_floor(url: str) -> Contender:
 
 
 FACTORIES: dict[str, Callable[[str], Awaitable[Contender]]] = {
-    "lifeguard": make_lifeguard,
+    "poolwarden": make_poolwarden,
     "asyncpg": make_asyncpg,
     "psycopg_pool": make_psycopg,
     "sqlalchemy": make_sqlalchemy,
@@ -303,7 +303,7 @@ async def wait_for_server(url: str, limit: float = 120.0) -> bool:
 
 async def heal(contenders: list[Contender], limit: float = 60.0) -> None:
     """Use every pool until two short runs in a row succeed: each pool replaces its dead
-    connections its own way (lifeguard's circuit breaker may need a backoff period)."""
+    connections its own way (poolwarden's circuit breaker may need a backoff period)."""
     for c in contenders:
         if c.repair is not None:
             await c.repair()
@@ -340,7 +340,7 @@ async def run_block(url: str, contenders: list[Contender], here: list[Contender]
     raise AssertionError("unreachable")
 
 
-# -- micro-measurements of lifeguard's own costs -----------------------------------------------
+# -- micro-measurements of poolwarden's own costs -----------------------------------------------
 
 
 def _best_ns(stmt: str, env: dict[str, Any], number: int, repeat: int = 7) -> float:
@@ -348,9 +348,9 @@ def _best_ns(stmt: str, env: dict[str, Any], number: int, repeat: int = 7) -> fl
 
 
 async def measure_handle(lg: Contender, apg: Contender | None, calls: int) -> dict[str, float]:
-    """ns per ``conn.is_closed()`` through lifeguard's handle, on the raw connection, and through
+    """ns per ``conn.is_closed()`` through poolwarden's handle, on the raw connection, and through
     asyncpg's own pool proxy (which forwards the same way)."""
-    from lifeguard import unwrap
+    from poolwarden import unwrap
 
     out: dict[str, float] = {}
     async with lg.acquire() as handle:
@@ -365,7 +365,7 @@ async def measure_handle(lg: Contender, apg: Contender | None, calls: int) -> di
 
 
 def measure_stats_keeping() -> tuple[float, float]:
-    """ns per acquire+release that lifeguard's always-on stats cost, timed on its Histogram.
+    """ns per acquire+release that poolwarden's always-on stats cost, timed on its Histogram.
 
     First the fast path's form (one inlined use-time histogram update and one counter; a fast lend
     is a zero wait, counted instead of observed), then the general path's (two ``observe()`` calls
@@ -373,7 +373,7 @@ def measure_stats_keeping() -> tuple[float, float]:
     """
     from bisect import bisect_left
 
-    from lifeguard.observe.stats import Histogram
+    from poolwarden.observe.stats import Histogram
 
     class Counters:
         acquired = 0
@@ -461,9 +461,9 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]], order: list[str
 
 
 def check_targets(summary: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
-    """Judged on the median of the per-round ratios lifeguard/floor."""
+    """Judged on the median of the per-round ratios poolwarden/floor."""
     def ratio(key: str, label: str) -> tuple[float, float, float] | None:
-        m = summary.get(key, {}).get("lifeguard")
+        m = summary.get(key, {}).get("poolwarden")
         if m is None or label not in m:
             return None
         return m[label], m[label + "_min"], m[label + "_max"]
@@ -483,10 +483,10 @@ def check_targets(summary: dict[str, dict[str, dict[str, float]]]) -> list[dict[
 
 
 def run_order(here: list[Contender], turn: int) -> list[Contender]:
-    """Every contender once, in an order that rotates with ``turn``; the floor and the lifeguard
+    """Every contender once, in an order that rotates with ``turn``; the floor and the poolwarden
     variants always run back to back (alternating which goes first), so the per-round ratios
     compare runs made under the same machine load."""
-    pair = [c for c in here if c.name == "floor" or c.name.startswith("lifeguard")]
+    pair = [c for c in here if c.name == "floor" or c.name.startswith("poolwarden")]
     if turn % 2:
         pair.reverse()
     units: list[list[Contender]] = [pair] if pair else []
@@ -499,21 +499,21 @@ def run_order(here: list[Contender], turn: int) -> list[Contender]:
 
 
 def _source_digest() -> str:
-    """A short digest of lifeguard's hot-path sources, to tell which code a result belongs to."""
+    """A short digest of poolwarden's hot-path sources, to tell which code a result belongs to."""
     import hashlib
 
-    import lifeguard
+    import poolwarden
 
-    root = os.path.dirname(os.path.abspath(lifeguard.__file__))
+    root = os.path.dirname(os.path.abspath(poolwarden.__file__))
     h = hashlib.sha256()
     for rel in ("pool.py", "handle.py", "observe/stats.py", "connectors/asyncpg.py"):
         with open(os.path.join(root, rel), "rb") as fh:
             h.update(fh.read())
-    return f"{lifeguard.__version__} pool/handle/stats/asyncpg sha256:{h.hexdigest()[:12]}"
+    return f"{poolwarden.__version__} pool/handle/stats/asyncpg sha256:{h.hexdigest()[:12]}"
 
 
-async def profile_lifeguard(url: str, key: str, duration: float) -> None:
-    lg = await make_lifeguard(url)
+async def profile_poolwarden(url: str, key: str, duration: float) -> None:
+    lg = await make_poolwarden(url)
     try:
         s = SCENARIOS[key]
         await run_one(lg, s, 0.3)
@@ -521,7 +521,7 @@ async def profile_lifeguard(url: str, key: str, duration: float) -> None:
         prof.enable()
         res = await run_one(lg, s, duration)
         prof.disable()
-        print(f"lifeguard ({key}) {s.title} under cProfile: {res['ops_s']:,.0f} ops/s "
+        print(f"poolwarden ({key}) {s.title} under cProfile: {res['ops_s']:,.0f} ops/s "
               f"(cProfile slows everything; read the shares, not the rate)")
         buf = io.StringIO()
         st = pstats.Stats(prof, stream=buf)
@@ -532,9 +532,9 @@ async def profile_lifeguard(url: str, key: str, duration: float) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    url = os.environ.get("LIFEGUARD_BENCH_PG", DEFAULT_URL)
+    url = os.environ.get("POOLWARDEN_BENCH_PG", DEFAULT_URL)
     if args.profile:
-        await profile_lifeguard(url, args.profile, args.duration)
+        await profile_poolwarden(url, args.profile, args.duration)
         return 0
 
     names = [n for n in FACTORIES if n in args.contenders]
@@ -544,9 +544,9 @@ async def amain(args: argparse.Namespace) -> int:
     try:
         for name in names:
             contenders.append(await FACTORIES[name](url))
-        if "lifeguard" in names and not args.no_listener:
-            contenders.append(await make_lifeguard(url, listener=True))
-        display = ["lifeguard", "lifeguard+listener", "asyncpg", "psycopg_pool", "sqlalchemy", "floor"]
+        if "poolwarden" in names and not args.no_listener:
+            contenders.append(await make_poolwarden(url, listener=True))
+        display = ["poolwarden", "poolwarden+listener", "asyncpg", "psycopg_pool", "sqlalchemy", "floor"]
         order = [n for n in display if any(c.name == n for c in contenders)]
         by_name = {c.name: c for c in contenders}
 
@@ -558,7 +558,7 @@ async def amain(args: argparse.Namespace) -> int:
         server = await probe.fetchval("SHOW server_version")
         await probe.close()
         meta = {
-            "lifeguard_src": _source_digest(),
+            "poolwarden_src": _source_digest(),
             "loadavg_start": os.getloadavg()[0],
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} "
@@ -573,7 +573,7 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"# {meta['date']}  {meta['machine']}  Python {meta['python']}  "
               f"PostgreSQL {server}  asyncpg {meta['asyncpg']}  psycopg {meta['psycopg']} "
               f"({meta['psycopg_impl']})  SQLAlchemy {meta['sqlalchemy']}")
-        print(f"# lifeguard source {meta['lifeguard_src']}")
+        print(f"# poolwarden source {meta['poolwarden_src']}")
         runs = sum(1 for c in contenders for k in keys if k in c.scenarios)
         print(f"# {args.rounds} round(s) x {runs} runs of ~{args.duration}s "
               f"(estimate {args.rounds * runs * args.duration + 10:.0f}s)", flush=True)
@@ -600,14 +600,14 @@ async def amain(args: argparse.Namespace) -> int:
         print_table(summary, order)
 
         overheads: dict[str, Any] = {}
-        # the listener: per-round paired ratio, against lifeguard's own round-to-round spread
-        if "lifeguard+listener" in by_name:
-            print("lifeguard overheads")
+        # the listener: per-round paired ratio, against poolwarden's own round-to-round spread
+        if "poolwarden+listener" in by_name:
+            print("poolwarden overheads")
             for key in LISTENER_SCENARIOS:
                 if key not in results:
                     continue
-                plain = results[key]["lifeguard"]
-                lis = results[key]["lifeguard+listener"]
+                plain = results[key]["poolwarden"]
+                lis = results[key]["poolwarden+listener"]
                 ratios = [b["ops_s"] / a["ops_s"] for a, b in zip(plain, lis, strict=True)]
                 spread = (max(r["ops_s"] for r in plain) - min(r["ops_s"] for r in plain)) \
                     / _med(plain, "ops_s")
@@ -615,22 +615,22 @@ async def amain(args: argparse.Namespace) -> int:
                 overheads[f"listener_{key}"] = {"ratio": med, "ratios": ratios, "noise": spread}
                 print(f"  no-op PoolListener, ({key}): {_med(lis, 'ops_s'):,.0f} vs "
                       f"{_med(plain, 'ops_s'):,.0f} ops/s without = {(med - 1) * 100:+.1f}% "
-                      f"(per-round {min(ratios):.3f}..{max(ratios):.3f}; lifeguard's own "
+                      f"(per-round {min(ratios):.3f}..{max(ratios):.3f}; poolwarden's own "
                       f"round-to-round spread {spread * 100:.1f}%)")
-        if "lifeguard" in by_name:
+        if "poolwarden" in by_name:
             fast_ns, general_ns = measure_stats_keeping()
             overheads["stats_ns_per_op"] = {"fast_path": fast_ns, "general_path": general_ns}
             line = (f"  stats keeping (always on): {fast_ns:.0f} ns/op as the fast path keeps them "
                     f"(inline histogram + counter), {general_ns:.0f} ns/op via Histogram.observe() x2")
-            if "a" in summary and "lifeguard" in summary["a"]:
-                op_ns = 1e9 / summary["a"]["lifeguard"]["ops_s"]
+            if "a" in summary and "poolwarden" in summary["a"]:
+                op_ns = 1e9 / summary["a"]["poolwarden"]["ops_s"]
                 line += (f"; {fast_ns / op_ns * 100:.0f}%..{general_ns / op_ns * 100:.0f}% of "
-                         f"lifeguard's {op_ns:.0f} ns acquire+release in (a)")
+                         f"poolwarden's {op_ns:.0f} ns acquire+release in (a)")
             print(line)
-            h = await measure_handle(by_name["lifeguard"], by_name.get("asyncpg"), args.handle_calls)
+            h = await measure_handle(by_name["poolwarden"], by_name.get("asyncpg"), args.handle_calls)
             overheads["handle"] = h
             line = (f"  handle forwarding, {args.handle_calls:,} conn.is_closed(): raw "
-                    f"{h['raw_ns']:.0f} ns/call, lifeguard handle {h['handle_ns']:.0f} ns/call "
+                    f"{h['raw_ns']:.0f} ns/call, poolwarden handle {h['handle_ns']:.0f} ns/call "
                     f"(+{h['handle_ns'] - h['raw_ns']:.0f} ns)")
             if "asyncpg_proxy_ns" in h:
                 line += (f", asyncpg pool proxy {h['asyncpg_proxy_ns']:.0f} ns/call "
@@ -643,7 +643,7 @@ async def amain(args: argparse.Namespace) -> int:
             verdict = "n/a " if t["passed"] is None else ("PASS" if t["passed"] else "FAIL")
             value = "-" if t["ratio"] is None else (
                 f"{t['ratio']:.2f}x (per round {t['per_round'][0]:.2f}..{t['per_round'][1]:.2f})")
-            print(f"{verdict}  {t['target']}: lifeguard = {value}")
+            print(f"{verdict}  {t['target']}: poolwarden = {value}")
         judged = [t for t in targets if t["passed"] is not None]
         failed = [t for t in judged if not t["passed"]]
         overall = "n/a" if not judged else ("FAIL" if failed else "PASS")
@@ -674,10 +674,10 @@ def main() -> int:
     p.add_argument("--contenders", default=",".join(FACTORIES),
                    help=f"comma-separated subset of {','.join(FACTORIES)}")
     p.add_argument("--scenarios", default="abcde", help="subset of abcde (default all)")
-    p.add_argument("--no-listener", action="store_true", help="skip the lifeguard+listener variant")
+    p.add_argument("--no-listener", action="store_true", help="skip the poolwarden+listener variant")
     p.add_argument("--handle-calls", type=int, default=100_000)
     p.add_argument("--profile", choices=list(SCENARIOS), metavar="SCENARIO",
-                   help="instead: run lifeguard alone in one scenario under cProfile")
+                   help="instead: run poolwarden alone in one scenario under cProfile")
     p.add_argument("--check", action="store_true", help="exit 1 when a target fails")
     args = p.parse_args()
     if args.quick:

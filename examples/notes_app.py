@@ -1,4 +1,4 @@
-"""Notes: a small real service on lifeguard, and a page that shows its pool breathing.
+"""Notes: a small real service on poolwarden, and a page that shows its pool breathing.
 
 Run it with ``scripts/demo`` (or ``uvicorn examples.notes_app:app``) and open http://127.0.0.1:8000/.
 It runs on SQLite with nothing else installed; one environment variable moves it to another database::
@@ -12,9 +12,9 @@ What to look at:
   soon as the endpoint returns, and a write commits only if the endpoint finishes without an error.
 * ``/notes/export`` streams NDJSON straight from the database, so it asks for
   ``db.depends(release="response")``: its connection stays lent until the last line is sent.
-* ``guard.install(app)``: a dry pool or a dead database answers ``503`` with ``Retry-After`` instead of
-  hanging or leaking a stack trace; ``/livez``, ``/readyz`` and ``/lifeguard/stats`` come with it.
-* ``/`` polls ``/lifeguard/stats`` and draws the pool; its button fires 200 concurrent requests at
+* ``warden.install(app)``: a dry pool or a dead database answers ``503`` with ``Retry-After`` instead of
+  hanging or leaking a stack trace; ``/livez``, ``/readyz`` and ``/poolwarden/stats`` come with it.
+* ``/`` polls ``/poolwarden/stats`` and draws the pool; its button fires 200 concurrent requests at
   ``/slow`` (which holds a connection for 50 ms), and the pool grows to ``max_size``, queues the rest,
   then shrinks back to ``min_size`` a few seconds later.
 """
@@ -35,18 +35,18 @@ from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from lifeguard import Lifeguard
+from poolwarden import Warden
 
 __all__ = ["app", "create_app"]
 
-DEFAULT_URL = "sqlite:///" + os.path.join(tempfile.gettempdir(), "lifeguard-notes.db")
+DEFAULT_URL = "sqlite:///" + os.path.join(tempfile.gettempdir(), "poolwarden-notes.db")
 
 
 # -- the one per-database piece ---------------------------------------------------------------------
 # The queries below are written once, with ``?`` placeholders, in SQL that SQLite, PostgreSQL and
 # MariaDB all accept. Drivers differ only in how they spell a parameter and hand back rows, and in
-# how an auto-increment column is declared. (This belongs in your application, not in lifeguard:
-# lifeguard lends you the driver's own connection and never stands between you and its API.)
+# how an auto-increment column is declared. (This belongs in your application, not in poolwarden:
+# poolwarden lends you the driver's own connection and never stands between you and its API.)
 
 
 class Dialect:
@@ -179,19 +179,19 @@ def create_app(url: str | None = None) -> FastAPI:
     url = url or os.environ.get("NOTES_DATABASE_URL") or DEFAULT_URL
     sql = dialect_for(url)
 
-    guard = Lifeguard()
+    warden = Warden()
     # max_idle=5: connections above min_size close after 5 s idle, so the page shows the pool shrink.
-    db = guard.pool("db", url, min_size=2, max_size=10, max_idle=5.0)
+    db = warden.pool("db", url, min_size=2, max_size=10, max_idle=5.0)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with guard.lifespan(app):  # opens the pool (waiting for the database), drains it at exit
+        async with warden.lifespan(app):  # opens the pool (waiting for the database), drains it at exit
             async with db.acquire() as conn:
                 await sql.execute(conn, SCHEMA.format(id_column=sql.id_column))
             yield
 
-    app = FastAPI(title="notes", summary="A lifeguard demo", lifespan=lifespan)
-    guard.install(app)  # 503 problem+json handlers, /livez, /readyz, /metrics, /lifeguard/stats
+    app = FastAPI(title="notes", summary="A poolwarden demo", lifespan=lifespan)
+    warden.install(app)  # 503 problem+json handlers, /livez, /readyz, /metrics, /poolwarden/stats
 
     # The connection is the driver's own (asyncpg.Connection, aiosqlite.Connection...), seen through a
     # handle that stops working when the lease ends. With one database you would write its type here.
@@ -299,7 +299,7 @@ def create_app(url: str | None = None) -> FastAPI:
 PAGE = """<!doctype html>
 <html lang="en">
 <meta charset="utf-8">
-<title>notes · lifeguard</title>
+<title>notes · poolwarden</title>
 <style>
   body { font: 15px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; padding: 0 1rem;
          color: #222; }
@@ -315,8 +315,8 @@ PAGE = """<!doctype html>
   .meta { color: #666; font-size: 13px; }
   button { font: inherit; padding: .4rem .9rem; }
 </style>
-<h1>notes <small>on lifeguard</small></h1>
-<p>Each pool of the service, read from <a href="/lifeguard/stats">/lifeguard/stats</a> every 500 ms.
+<h1>notes <small>on poolwarden</small></h1>
+<p>Each pool of the service, read from <a href="/poolwarden/stats">/poolwarden/stats</a> every 500 ms.
    Also: <a href="/docs">the API</a>, <a href="/readyz?verbose">/readyz</a>, <a href="/livez">/livez</a>.</p>
 <div id="pools">connecting…</div>
 <p><button id="burst">Fire 200 requests at /slow</button> <span id="result" class="meta"></span></p>
@@ -345,7 +345,7 @@ function render(stats) {
 
 async function poll() {
   try {
-    render(await (await fetch("/lifeguard/stats")).json());
+    render(await (await fetch("/poolwarden/stats")).json());
   } catch (err) {
     document.getElementById("pools").textContent = "the service does not answer";
   }

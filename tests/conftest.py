@@ -23,7 +23,7 @@ def redis_url() -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path}/lifeguard-test.db"  # type: ignore[operator]
+    return f"sqlite:///{tmp_path}/poolwarden-test.db"  # type: ignore[operator]
 
 
 @pytest.fixture(scope="session")

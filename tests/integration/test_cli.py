@@ -1,4 +1,4 @@
-"""The ``lifeguard`` command, run as a user runs it, against real servers."""
+"""The ``poolwarden`` command, run as a user runs it, against real servers."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _command() -> list[str]:
-    beside = Path(sys.executable).with_name("lifeguard")
+    beside = Path(sys.executable).with_name("poolwarden")
     if beside.exists():
         return [str(beside)]
-    found = shutil.which("lifeguard")
-    return [found] if found else [sys.executable, "-m", "lifeguard"]
+    found = shutil.which("poolwarden")
+    return [found] if found else [sys.executable, "-m", "poolwarden"]
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -142,23 +142,23 @@ def test_check_rejects_an_unknown_scheme_without_showing_the_url() -> None:
 
 
 def test_python_dash_m_runs_the_same_command() -> None:
-    """``python -m lifeguard`` is the same command line."""
-    result = subprocess.run([sys.executable, "-m", "lifeguard", "--version"], capture_output=True,
+    """``python -m poolwarden`` is the same command line."""
+    result = subprocess.run([sys.executable, "-m", "poolwarden", "--version"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0
-    assert result.stdout.startswith("lifeguard ")
+    assert result.stdout.startswith("poolwarden ")
 
 
 # -- top and demo -----------------------------------------------------------------------------------
 
 APP = textwrap.dedent("""
     from fastapi import FastAPI
-    from lifeguard import Lifeguard
+    from poolwarden import Warden
 
-    guard = Lifeguard()
-    db = guard.pool("db", {url!r}, min_size=1, max_size=4)
-    app = FastAPI(lifespan=guard.lifespan)
-    guard.install(app)
+    warden = Warden()
+    db = warden.pool("db", {url!r}, min_size=1, max_size=4)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app)
 """)
 
 
@@ -202,7 +202,7 @@ def server(tmp_path: Path, sqlite_url: str) -> Iterator[str]:
 
 
 def test_top_once_shows_the_pool_row(server: str) -> None:
-    """top --once reads /lifeguard/stats and prints one frame with a row per pool."""
+    """top --once reads /poolwarden/stats and prints one frame with a row per pool."""
     result = run("top", server, "--once")
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
@@ -210,7 +210,7 @@ def test_top_once_shows_the_pool_row(server: str) -> None:
     assert re.search(r"█+", lines[at])  # the connections bar
     assert lines[at].split()[-11:-7] == ["1", "1", "0", "0"]  # size, idle, used, connecting
     assert lines[at + 1].split()[:3] == ["aiosqlite", "circuit", "closed"]
-    assert "lifeguard top" in result.stdout
+    assert "poolwarden top" in result.stdout
 
 
 def test_top_unreachable_exits_1() -> None:
@@ -229,7 +229,7 @@ def test_demo_serves_the_example(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(proc, base)
-        stats = httpx.get(f"{base}/lifeguard/stats", timeout=5).json()
+        stats = httpx.get(f"{base}/poolwarden/stats", timeout=5).json()
         assert stats["db"]["driver"] == "aiosqlite"
     finally:
         proc.terminate()

@@ -1,4 +1,4 @@
-"""Shared clients (Redis, httpx, a SQLAlchemy engine) declared on a Lifeguard, against real servers.
+"""Shared clients (Redis, httpx, a SQLAlchemy engine) declared on a Warden, against real servers.
 
 Requests go through the real ASGI stack and lifespan; Redis faults come from a TCP proxy that refuses and
 resets; the HTTP backend is a real uvicorn server. No ``from __future__ import annotations`` here: the
@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Response
 from sqlalchemy import text
 
-from lifeguard import BackendDown, ConfigError, Lifeguard, PoolClosed
-from lifeguard.observe.prometheus import collector
+from poolwarden import BackendDown, ConfigError, PoolClosed, Warden
+from poolwarden.observe.prometheus import collector
 from tests.integration.test_fastapi import running, serving, wait_until
 from tests.support.faultproxy import FaultProxy, fault_proxy
 
@@ -41,15 +41,15 @@ def closed_port() -> int:
         return port
 
 
-def app_for(guard: Lifeguard) -> FastAPI:
-    app = FastAPI(lifespan=guard.lifespan)
-    guard.install(app, metrics=False)
+def app_for(warden: Warden) -> FastAPI:
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, metrics=False)
     return app
 
 
 def events(caplog: pytest.LogCaptureFixture, *names: str) -> list[tuple[str, str]]:
-    return [(r.__dict__["lifeguard.event"], r.__dict__["lifeguard.resource"]) for r in caplog.records
-            if r.__dict__.get("lifeguard.event") in names]
+    return [(r.__dict__["poolwarden.event"], r.__dict__["poolwarden.resource"]) for r in caplog.records
+            if r.__dict__.get("poolwarden.event") in names]
 
 
 @pytest.fixture
@@ -67,12 +67,12 @@ async def redis_proxy(redis_url: str) -> Any:
 async def test_lifespan_opens_clients_and_pools_in_declaration_order(
         redis_url: str, sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The lifespan opens pools and clients in declaration order and closes them in reverse."""
-    caplog.set_level(logging.INFO, logger="lifeguard")
-    guard = Lifeguard()
-    guard.pool("first", sqlite_url)
-    cache = guard.client("cache", redis_url)
-    guard.pool("last", sqlite_url)
-    async with running(app_for(guard)):
+    caplog.set_level(logging.INFO, logger="poolwarden")
+    warden = Warden()
+    warden.pool("first", sqlite_url)
+    cache = warden.client("cache", redis_url)
+    warden.pool("last", sqlite_url)
+    async with running(app_for(warden)):
         assert cache.ready
     opened = [res for _, res in events(caplog, "pool.opened", "client.opened")]
     closed = [res for _, res in events(caplog, "drain.finished", "client.closed")]
@@ -83,7 +83,7 @@ async def test_lifespan_opens_clients_and_pools_in_declaration_order(
 @pytest.mark.redis
 async def test_get_refuses_before_open_and_after_close(redis_url: str) -> None:
     """``get()`` raises PoolClosed naming the client before open and after close, and serves in between."""
-    cache = Lifeguard().client("cache", redis_url)
+    cache = Warden().client("cache", redis_url)
     with pytest.raises(PoolClosed, match="cache") as before:
         cache.get()
     assert before.value.resource == "cache"
@@ -100,9 +100,9 @@ async def test_get_refuses_before_open_and_after_close(redis_url: str) -> None:
 @pytest.mark.redis
 async def test_endpoint_sets_and_gets_through_cache_depends(redis_url: str) -> None:
     """Endpoints using ``cache.depends`` SET and GET on the real Redis through the ASGI stack."""
-    guard = Lifeguard()
-    cache = guard.client("cache", redis_url, options={"decode_responses": True})
-    app = app_for(guard)
+    warden = Warden()
+    cache = warden.client("cache", redis_url, options={"decode_responses": True})
+    app = app_for(warden)
     Cache = Annotated[aioredis.Redis, cache.depends]
 
     @app.put("/kv/{key}")
@@ -134,9 +134,9 @@ async def test_readyz_turns_red_while_the_circuit_is_open_and_recovers(redis_pro
                                                                        redis_url: str) -> None:
     """While Redis refuses connections the circuit opens, /readyz fails ``cache:connections`` and the
     endpoint answers 503 problem+json; when Redis is back both recover."""
-    guard = Lifeguard()
-    cache = guard.client("cache", redis_proxy.url_for(redis_url), **FAST)
-    app = app_for(guard)
+    warden = Warden()
+    cache = warden.client("cache", redis_proxy.url_for(redis_url), **FAST)
+    app = app_for(warden)
 
     @app.get("/ping")
     async def ping(r: Annotated[aioredis.Redis, cache.depends]) -> dict[str, bool]:
@@ -158,7 +158,7 @@ async def test_readyz_turns_red_while_the_circuit_is_open_and_recovers(redis_pro
         assert down.headers["content-type"].startswith("application/problem+json")
         assert down.json()["resource"] == "cache"
         assert int(down.headers["retry-after"]) >= 1
-        stats = (await http.get("/lifeguard/stats")).json()["cache"]
+        stats = (await http.get("/poolwarden/stats")).json()["cache"]
         assert (stats["circuit"], stats["ready"]) == ("open", False)
         assert stats["last_error"]
 
@@ -173,9 +173,9 @@ async def test_a_disconnect_in_an_endpoint_checks_the_backend_at_once(redis_prox
                                                                       redis_url: str) -> None:
     """A disconnect error raised through ``cache.depends`` runs the health check now, not at the next
     ``health_interval``, so the circuit opens within a second although the interval is a minute."""
-    guard = Lifeguard()
-    cache = guard.client("cache", redis_proxy.url_for(redis_url), **{**FAST, "health_interval": 60.0})
-    app = app_for(guard)
+    warden = Warden()
+    cache = warden.client("cache", redis_proxy.url_for(redis_url), **{**FAST, "health_interval": 60.0})
+    app = app_for(warden)
 
     @app.get("/ping")
     async def ping(r: Annotated[aioredis.Redis, cache.depends]) -> dict[str, bool]:
@@ -196,12 +196,12 @@ async def test_a_disconnect_in_an_endpoint_checks_the_backend_at_once(redis_prox
 async def test_wait_startup_on_a_closed_port_raises_backend_down_in_time() -> None:
     """``startup="wait"`` against a port nobody listens on fails with BackendDown naming the client and
     the last error, within ``startup_timeout``."""
-    guard = Lifeguard()
-    cache = guard.client("cache", f"redis://127.0.0.1:{closed_port()}/0", startup_timeout=1.0,
+    warden = Warden()
+    cache = warden.client("cache", f"redis://127.0.0.1:{closed_port()}/0", startup_timeout=1.0,
                          connect_timeout=0.5, backoff_initial=0.01, backoff_max=0.1)
     start = time.monotonic()
     with pytest.raises(BackendDown) as caught:
-        await guard.open()
+        await warden.open()
     assert time.monotonic() - start < 2.0
     assert caught.value.resource == "cache"
     assert re.search(r"cache: .*startup_timeout=1.0s; last error: ConnectionError", str(caught.value))
@@ -212,11 +212,11 @@ async def test_the_password_appears_in_no_repr_stats_log_body_or_error(caplog: p
                                                                        ) -> None:
     """A password in a client's URL or options appears in no repr, stats, log record, response body or
     error, while the client fails to reach its backend."""
-    caplog.set_level(logging.DEBUG, logger="lifeguard")
+    caplog.set_level(logging.DEBUG, logger="poolwarden")
     url = f"redis://:{CANARY}@127.0.0.1:{closed_port()}/0"
-    guard = Lifeguard()
-    cache = guard.client("cache", url, startup="lazy", **FAST)
-    app = app_for(guard)
+    warden = Warden()
+    cache = warden.client("cache", url, startup="lazy", **FAST)
+    app = app_for(warden)
 
     @app.get("/ping")
     async def ping(r: Annotated[aioredis.Redis, cache.depends]) -> dict[str, bool]:
@@ -224,18 +224,18 @@ async def test_the_password_appears_in_no_repr_stats_log_body_or_error(caplog: p
 
     async with running(app) as http:
         await wait_until(lambda: cache.stats().circuit == "open", timeout=10)
-        bodies = [(await http.get(path)).text for path in ("/readyz?verbose", "/lifeguard/stats", "/ping")]
+        bodies = [(await http.get(path)).text for path in ("/readyz?verbose", "/poolwarden/stats", "/ping")]
         with pytest.raises(BackendDown) as down:
             cache.get()
-        texts = [repr(cache), repr(guard), str(cache.dsn), repr(cache.dsn), repr(cache.config),
+        texts = [repr(cache), repr(warden), str(cache.dsn), repr(cache.dsn), repr(cache.config),
                  json.dumps(cache.stats().to_dict()), str(down.value), *bodies]
     with pytest.raises(BackendDown) as startup:
-        await Lifeguard().client("waited", url, **{**FAST, "startup_timeout": 0.3}).open()
+        await Warden().client("waited", url, **{**FAST, "startup_timeout": 0.3}).open()
     with pytest.raises(ConfigError) as bad_option:
-        Lifeguard().client("bad", url, options={"no_such_option": CANARY})
+        Warden().client("bad", url, options={"no_such_option": CANARY})
     texts += [str(startup.value), str(bad_option.value)]
     texts += [r.getMessage() for r in caplog.records]
-    texts += [str(v) for r in caplog.records for k, v in r.__dict__.items() if k.startswith("lifeguard.")]
+    texts += [str(v) for r in caplog.records for k, v in r.__dict__.items() if k.startswith("poolwarden.")]
     assert cache.stats().last_error  # there was an error to leak
     leaks = [t for t in texts if CANARY in t]
     assert not leaks
@@ -246,7 +246,7 @@ async def test_the_password_appears_in_no_repr_stats_log_body_or_error(caplog: p
 
 async def test_http_client_pings_its_health_path_on_a_real_server() -> None:
     """An httpx client pings ``health_path`` on a real uvicorn server: its circuit opens while the path
-    fails, closes when it answers again, and the client is closed with the guard."""
+    fails, closes when it answers again, and the client is closed with the warden."""
     backend = FastAPI()
     healthy = {"now": True}
 
@@ -259,9 +259,9 @@ async def test_http_client_pings_its_health_path_on_a_real_server() -> None:
         return {"hello": "world"}
 
     async with serving(backend) as port:
-        guard = Lifeguard()
-        api = guard.client("api", f"http://127.0.0.1:{port}", health_path="/health", **FAST)
-        async with guard:
+        warden = Warden()
+        api = warden.client("api", f"http://127.0.0.1:{port}", health_path="/health", **FAST)
+        async with warden:
             assert api.ready
             assert api.stats().last_check_seconds is not None
             client = api.get()
@@ -277,9 +277,9 @@ async def test_http_client_pings_its_health_path_on_a_real_server() -> None:
 
 async def test_http_client_without_health_path_is_ready_without_a_ping() -> None:
     """Without ``health_path`` an HTTP client makes no request at start-up and is ready at once."""
-    guard = Lifeguard()
-    api = guard.client("api", f"http://127.0.0.1:{closed_port()}", startup_timeout=0.5)
-    async with guard:
+    warden = Warden()
+    api = warden.client("api", f"http://127.0.0.1:{closed_port()}", startup_timeout=0.5)
+    async with warden:
         assert api.ready
         stats = api.stats()
         assert (stats.last_check_seconds, stats.pings_failed) == (None, 0)
@@ -296,12 +296,12 @@ async def test_sqlalchemy_engine_client_opens_pings_and_disposes(postgres_url: s
     disposes every server connection at close."""
     app_name = f"lg-clients-{uuid.uuid4().hex[:8]}"
     url = "postgresql+asyncpg://" + postgres_url.split("://", 1)[1]
-    guard = Lifeguard()
-    orm = guard.client("orm", url, kind="sqlalchemy",
+    warden = Warden()
+    orm = warden.client("orm", url, kind="sqlalchemy",
                        options={"connect_args": {"server_settings": {"application_name": app_name}}})
     admin = await asyncpg.connect(postgres_url)
     try:
-        async with guard:
+        async with warden:
             stats = orm.stats()
             assert orm.ready
             assert stats.last_check_seconds is not None
@@ -340,15 +340,15 @@ def test_bad_declarations_raise_config_error_naming_key_and_value(url: str, sett
                                                                   message: str) -> None:
     """A bad client URL, kind or setting raises ConfigError at declaration, naming what is wrong."""
     with pytest.raises(ConfigError, match=re.escape(message)):
-        Lifeguard().client("cache", url, **settings)
+        Warden().client("cache", url, **settings)
 
 
 def test_settings_and_url_come_from_the_environment() -> None:
-    """``LIFEGUARD_<NAME>_URL`` and ``LIFEGUARD_<NAME>_<SETTING>`` configure a client; keywords win."""
-    guard = Lifeguard(environ={"LIFEGUARD_API_URL": "http://127.0.0.1:9/",
-                               "LIFEGUARD_API_HEALTH_INTERVAL": "2.5", "LIFEGUARD_API_HEALTH_PATH": "/up",
-                               "LIFEGUARD_API_STARTUP": "lazy"})
-    api = guard.client("api", startup="wait")
+    """``POOLWARDEN_<NAME>_URL`` and ``POOLWARDEN_<NAME>_<SETTING>`` configure a client; keywords win."""
+    warden = Warden(environ={"POOLWARDEN_API_URL": "http://127.0.0.1:9/",
+                               "POOLWARDEN_API_HEALTH_INTERVAL": "2.5", "POOLWARDEN_API_HEALTH_PATH": "/up",
+                               "POOLWARDEN_API_STARTUP": "lazy"})
+    api = warden.client("api", startup="wait")
     assert (api.config.health_interval, api.config.health_path, api.config.startup) == (2.5, "/up", "wait")
     assert api.driver.driver == "httpx"
 
@@ -356,18 +356,18 @@ def test_settings_and_url_come_from_the_environment() -> None:
 def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Declaring a client whose driver is not installed raises ConfigError naming the extra."""
     monkeypatch.setitem(sys.modules, "httpx", None)  # import httpx now fails as if not installed
-    with pytest.raises(ConfigError, match=re.escape("pip install 'lifeguard[http]'")):
-        Lifeguard().client("api", "http://127.0.0.1/")
+    with pytest.raises(ConfigError, match=re.escape("pip install 'poolwarden[http]'")):
+        Warden().client("api", "http://127.0.0.1/")
 
 
 @pytest.mark.redis
 async def test_prometheus_collector_reports_clients(redis_url: str, sqlite_url: str) -> None:
-    """The Prometheus collector reads clients from ``guard.stats()`` beside the pools."""
-    guard = Lifeguard()
-    guard.pool("db", sqlite_url)
-    guard.client("cache", redis_url)
-    async with guard:
-        families = {f.name: f for f in collector(guard).collect()}
+    """The Prometheus collector reads clients from ``warden.stats()`` beside the pools."""
+    warden = Warden()
+    warden.pool("db", sqlite_url)
+    warden.client("cache", redis_url)
+    async with warden:
+        families = {f.name: f for f in collector(warden).collect()}
     count = families["db_client_connection_count"]
     pools = {s.labels["db_client_connection_pool_name"] for s in count.samples}
     assert pools == {"db", "cache"}

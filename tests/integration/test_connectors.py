@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from lifeguard.config import DSN, PoolConfig
-from lifeguard.connectors import Connector, connector_for
-from lifeguard.errors import ConfigError
+from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors import Connector, connector_for
+from poolwarden.errors import ConfigError
 
 
 class Backend:
@@ -58,7 +58,7 @@ class Asyncpg(Backend):
     name = "asyncpg"
     temp_table = "CREATE TEMP TABLE lg_tmp (x int)"
     long_query = "SELECT pg_sleep(10)"
-    session_changes = ("SET application_name = 'lifeguard-test'", "SET search_path = pg_catalog",
+    session_changes = ("SET application_name = 'poolwarden-test'", "SET search_path = pg_catalog",
                        "SELECT pg_advisory_lock(4242)")
     session_probe = ("SELECT current_setting('application_name'), current_setting('search_path'),"
                      " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
@@ -110,9 +110,9 @@ class Mysql(Backend):
     temp_table = "CREATE TEMPORARY TABLE lg_tmp (x INT)"
     long_query = "SELECT SLEEP(10)"
     session_changes = ("SET @lg = 42", "SET SESSION wait_timeout = 77", "SET NAMES latin1",
-                       "SELECT GET_LOCK('lifeguard-test', 0)")
+                       "SELECT GET_LOCK('poolwarden-test', 0)")
     session_probe = ("SELECT @lg, @@session.wait_timeout, @@character_set_client, @@autocommit,"
-                     " IS_USED_LOCK('lifeguard-test') = CONNECTION_ID()")
+                     " IS_USED_LOCK('poolwarden-test') = CONNECTION_ID()")
 
     async def fetch(self, conn: Any, sql: str) -> list[tuple[Any, ...]]:
         async with conn.cursor() as cur:
@@ -497,7 +497,7 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch, url: st
                                         extra: str) -> None:
     """Without its driver a backend fails at declaration with a ConfigError naming the extra."""
     monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
-    with pytest.raises(ConfigError, match=rf"lifeguard\[{extra}\]"):
+    with pytest.raises(ConfigError, match=rf"poolwarden\[{extra}\]"):
         connector_for(DSN(url), PoolConfig())
 
 

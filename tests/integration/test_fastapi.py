@@ -1,6 +1,6 @@
-"""lifeguard inside FastAPI, through the real ASGI stack, against real databases.
+"""poolwarden inside FastAPI, through the real ASGI stack, against real databases.
 
-Requests go through Starlette's routing, FastAPI's dependency scopes and lifeguard's 503 handlers; the
+Requests go through Starlette's routing, FastAPI's dependency scopes and poolwarden's 503 handlers; the
 lifespan runs through the ASGI lifespan protocol, as a server runs it, or uvicorn serves the app on a
 real socket where a client has to hang up. No ``from __future__ import annotations`` here: the routes
 are declared inside the tests, and FastAPI must see their annotations as objects.
@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lifeguard import LeaseEnded, Lifeguard, Resource
+from poolwarden import LeaseEnded, Resource, Warden
 
 PASSWORD = "canary-pw"  # PostgreSQL on loopback trusts any password; it must never reach a response
 
@@ -81,14 +81,14 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             await conn.close()
 
 
-def make_app(url: str, **settings: Any) -> tuple[FastAPI, Lifeguard, Resource[Any]]:
-    """A FastAPI app with one pool ``db`` on ``url``, lifeguard's lifespan and handlers installed."""
-    guard = Lifeguard()
+def make_app(url: str, **settings: Any) -> tuple[FastAPI, Warden, Resource[Any]]:
+    """A FastAPI app with one pool ``db`` on ``url``, poolwarden's lifespan and handlers installed."""
+    warden = Warden()
     settings.setdefault("drain_timeout", 2)  # a failed test must not wait 10 s for a held lease
-    db = guard.pool("db", url, **settings)
-    app = FastAPI(lifespan=guard.lifespan)
-    guard.install(app, metrics=False)
-    return app, guard, db
+    db = warden.pool("db", url, **settings)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, metrics=False)
+    return app, warden, db
 
 
 class Lifespan:
@@ -449,7 +449,7 @@ def assert_problem(response: httpx.Response, kind: str, url: str) -> None:
     assert int(response.headers["retry-after"]) >= 1
     body = response.json()
     assert body["status"] == 503
-    assert body["type"] == f"urn:lifeguard:problem:{kind}"
+    assert body["type"] == f"urn:poolwarden:problem:{kind}"
     assert body["resource"] == "db"
     parts = urlsplit(url)
     shown = response.text + str(response.headers)
@@ -546,9 +546,9 @@ async def test_backend_down_answers_503_fast() -> None:
 async def test_readyz_turns_red_as_the_drain_starts_while_livez_stays_green(backend: Backend) -> None:
     """/livez answers 200 always; /readyz 200 while open and 503 from the first moment of the drain,
     while a required pool still serves."""
-    app, guard, db = make_app(backend.url)
+    app, warden, db = make_app(backend.url)
     # declared last, so drained first: while it waits for its lease, `db` is still open and ready
-    reports = guard.pool("reports", backend.url, optional=True, drain_timeout=5)
+    reports = warden.pool("reports", backend.url, optional=True, drain_timeout=5)
     inside, done = asyncio.Event(), asyncio.Event()
 
     @app.get("/hold")
@@ -627,7 +627,7 @@ async def test_demo_app_crud_round_trip(database: str, request: pytest.FixtureRe
 
         burst = (await client.post("/burst", params={"n": 30})).json()
         assert burst["status"] == {"200": 30}
-        stats = (await client.get("/lifeguard/stats")).json()["db"]
+        stats = (await client.get("/poolwarden/stats")).json()["db"]
         assert stats["in_use"] == 0
         assert stats["acquired"] == stats["released"]
         assert (await client.get("/")).status_code == 200

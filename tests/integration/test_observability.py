@@ -1,4 +1,4 @@
-"""A password given to lifeguard never comes out again: not in logs, reprs, errors, health, stats,
+"""A password given to poolwarden never comes out again: not in logs, reprs, errors, health, stats,
 metrics."""
 
 # No `from __future__ import annotations`: FastAPI must resolve the endpoints' local Annotated aliases.
@@ -20,8 +20,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from lifeguard import BackendDown, Lifeguard, PoolConfig, PoolTimeout
-from lifeguard.testing import FakeConnection, FakeConnector
+from poolwarden import BackendDown, PoolConfig, PoolTimeout, Warden
+from poolwarden.testing import FakeConnection, FakeConnector
 from tests.unit.test_metrics import Scrape
 
 CANARY = "canary-S3cr3t"
@@ -90,20 +90,20 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
 async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Open, lend, return, fail to connect, time out, 503, health, stats, metrics, reprs, errors, logs:
     the password never shows."""
-    caplog.set_level(logging.DEBUG, logger="lifeguard")
+    caplog.set_level(logging.DEBUG, logger="poolwarden")
     url = with_password(postgres_url, CANARY)  # trust authentication accepts (and ignores) it
     dead = f"postgresql://postgres:{CANARY}@127.0.0.1:{closed_port()}/test?sslpassword={CANARY}"
     leaky = f"postgresql://postgres:{CANARY}@db.invalid:5432/test"
     fast_fail: dict[str, Any] = {"startup": "lazy", "failure_threshold": 1, "backoff_initial": 0.01,
                                  "backoff_max": 0.05, "connect_timeout": 2.0}
 
-    guard = Lifeguard(environ={})
-    db = guard.pool("db", url, min_size=1, max_size=1, acquire_timeout=0.2, options={"password": CANARY},
+    warden = Warden(environ={})
+    db = warden.pool("db", url, min_size=1, max_size=1, acquire_timeout=0.2, options={"password": CANARY},
                     leak_threshold=30.0)
-    down = guard.pool("down", dead, options={"password": CANARY}, **fast_fail)
-    quoted = guard.pool("quoted", leaky, connector=LeakyConnector(leaky), **fast_fail)
-    app = FastAPI(lifespan=guard.lifespan)
-    guard.install(app)
+    down = warden.pool("down", dead, options={"password": CANARY}, **fast_fail)
+    quoted = warden.pool("quoted", leaky, connector=LeakyConnector(leaky), **fast_fail)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app)
 
     @app.get("/one")
     async def one(conn: Annotated[Any, db.connection]) -> dict[str, int]:
@@ -139,7 +139,7 @@ async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogC
             assert r.status_code == 503
             seen += [r.text, str(r.headers)]
 
-            for path in ("/readyz?verbose", "/readyz", "/livez", "/metrics", "/lifeguard/stats"):
+            for path in ("/readyz?verbose", "/readyz", "/livez", "/metrics", "/poolwarden/stats"):
                 r = await client.get(path)
                 seen += [r.text, str(r.headers)]
             assert "db_client_connection_count" in seen[-4]
@@ -149,7 +149,7 @@ async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogC
             seen += [repr(pool), repr(pool.dsn), str(pool.dsn), repr(pool.connector), repr(pool.config),
                      repr(pool.stats()),
                      str(pool.stats().to_dict()), repr(pool.leases())]
-        seen.append(repr(guard))
+        seen.append(repr(warden))
 
     seen += [caplog.text, *(repr(vars(record)) for record in caplog.records)]
     assert any("connection.lent" in r.getMessage() for r in caplog.records)
@@ -168,20 +168,20 @@ def test_config_repr_hides_option_secrets() -> None:
 
 APP = textwrap.dedent("""
     from fastapi import FastAPI
-    from lifeguard import Lifeguard
+    from poolwarden import Warden
 
-    guard = Lifeguard()
-    db = guard.pool("db", {url!r}, min_size=2, max_size=5)
-    app = FastAPI(lifespan=guard.lifespan)
-    guard.install(app)
+    warden = Warden()
+    db = warden.pool("db", {url!r}, min_size=2, max_size=5)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app)
 """)
 
 SCRAPER = textwrap.dedent("""
     import sys
-    from lifeguard import Lifeguard
-    from lifeguard.observe import prometheus
+    from poolwarden import Warden
+    from poolwarden.observe import prometheus
 
-    sys.stdout.write(prometheus.render(Lifeguard(environ={}))[0].decode())
+    sys.stdout.write(prometheus.render(Warden(environ={}))[0].decode())
 """)
 
 

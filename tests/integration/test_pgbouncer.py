@@ -14,8 +14,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from lifeguard import Lifeguard
-from lifeguard.guard import Resource
+from poolwarden import Warden
+from poolwarden.warden import Resource
 from tests.integration.test_cli import run
 from tests.support.pgbouncer import ADMIN_URL, PORT, ROOT, SCRIPT
 
@@ -109,11 +109,11 @@ async def table(pgbouncer_url: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def pool_for(url: str, **settings: Any) -> tuple[Lifeguard, Resource[Any]]:
-    guard = Lifeguard(environ={})
-    db = guard.pool("db", url, min_size=0, max_size=MAX_SIZE, acquire_timeout=15, **settings)
-    await guard.open()
-    return guard, db
+async def pool_for(url: str, **settings: Any) -> tuple[Warden, Resource[Any]]:
+    warden = Warden(environ={})
+    db = warden.pool("db", url, min_size=0, max_size=MAX_SIZE, acquire_timeout=15, **settings)
+    await warden.open()
+    return warden, db
 
 
 async def load(db: Resource[Any], driver: Driver) -> tuple[list[int], list[BaseException]]:
@@ -138,7 +138,7 @@ async def load(db: Resource[Any], driver: Driver) -> tuple[list[int], list[BaseE
 @pytest.mark.usefixtures("fresh_servers")
 async def test_concurrent_queries_share_ten_server_connections(pgbouncer_url: str, driver: Driver) -> None:
     """2,000 parametrised queries from 50 tasks on 20 pooled connections all succeed over 10 servers."""
-    guard, db = await pool_for(driver.url(pgbouncer_url), pgbouncer=True)
+    warden, db = await pool_for(driver.url(pgbouncer_url), pgbouncer=True)
     try:
         answers, errors = await load(db, driver)
         assert errors == []
@@ -146,10 +146,10 @@ async def test_concurrent_queries_share_ten_server_connections(pgbouncer_url: st
         stats = db.stats()
         pool = await asyncio.to_thread(lambda: pool_row(bouncer("SHOW POOLS")))
     finally:
-        await guard.close()
+        await warden.close()
     assert stats.size > SERVER_LIMIT, "the pool should hold more clients than the bouncer has servers"
     assert sum(stats.discarded.values()) == 0
-    assert pool["cl_active"] >= stats.size  # lifeguard's connections, all still attached
+    assert pool["cl_active"] >= stats.size  # poolwarden's connections, all still attached
     assert 0 < servers(pool) <= SERVER_LIMIT
     assert pool["sv_active"] == 0  # no lease left a transaction (and so a server) pinned
 
@@ -158,7 +158,7 @@ async def test_concurrent_queries_share_ten_server_connections(pgbouncer_url: st
 @pytest.mark.usefixtures("fresh_servers")
 async def test_transactions_commit_and_roll_back(pgbouncer_url: str, driver: Driver, table: str) -> None:
     """Concurrent conn.transaction() blocks keep one server each, commit on success and roll back on error."""
-    guard, db = await pool_for(driver.url(pgbouncer_url), pgbouncer=True)
+    warden, db = await pool_for(driver.url(pgbouncer_url), pgbouncer=True)
 
     class Boom(Exception):
         pass
@@ -185,7 +185,7 @@ async def test_transactions_commit_and_roll_back(pgbouncer_url: str, driver: Dri
             kept = await driver.fetchval(conn, f"SELECT array_agg(id ORDER BY id) FROM {table}")
         stats = db.stats()
     finally:
-        await guard.close()
+        await warden.close()
     evens = [k for k in range(1, 201) if k % 2 == 0]
     assert kept == sorted([*evens, *(-k for k in evens)])
     assert sum(stats.discarded.values()) == 0
@@ -196,7 +196,7 @@ async def test_transactions_commit_and_roll_back(pgbouncer_url: str, driver: Dri
 async def test_full_reset_works_behind_pgbouncer(pgbouncer_url: str, driver: Driver, table: str) -> None:
     """With reset="full", leases that leave a transaction open or aborted are rolled back, nothing is
     discarded, no server stays pinned, and the next lease behaves as a fresh one."""
-    guard, db = await pool_for(driver.url(pgbouncer_url), pgbouncer=True, reset="full")
+    warden, db = await pool_for(driver.url(pgbouncer_url), pgbouncer=True, reset="full")
 
     async def leave_open(conn: Any, k: int) -> None:
         if driver.name == "asyncpg":
@@ -235,7 +235,7 @@ async def test_full_reset_works_behind_pgbouncer(pgbouncer_url: str, driver: Dri
                 await driver.fetchval(conn, "SELECT $1::int", k)
         sent = await asyncio.to_thread(transactions) - before
     finally:
-        await guard.close()
+        await warden.close()
     assert kept == [k for k in range(600) if k % 3 == 2]
     assert 100 <= sent <= 105, f"{sent} transactions for 100 one-statement leases"
     assert sum(stats.discarded.values()) == 0, stats.discarded
@@ -256,11 +256,11 @@ STATEMENT_NAMES = {"asyncpg": '"__asyncpg_stmt_', "psycopg": '"_pg3_'}
 @pytest.mark.usefixtures("fresh_servers")
 async def test_without_the_flag_prepared_statements_break(pgbouncer_url: str, driver: Driver) -> None:
     """The control: without pgbouncer=True the same load fails on the drivers' named prepared statements."""
-    guard, db = await pool_for(driver.url(pgbouncer_url))  # asyncpg's cache, psycopg's prepare_threshold
+    warden, db = await pool_for(driver.url(pgbouncer_url))  # asyncpg's cache, psycopg's prepare_threshold
     try:
         answers, errors = await load(db, driver)
     finally:
-        await guard.close()
+        await warden.close()
     assert errors, "expected named prepared statements to break in transaction mode"
     assert [e for e in errors if not isinstance(e, PREPARED_ERRORS[driver.name])] == []
     assert any(STATEMENT_NAMES[driver.name] in str(e) for e in errors)
@@ -268,8 +268,8 @@ async def test_without_the_flag_prepared_statements_break(pgbouncer_url: str, dr
 
 
 @pytest.mark.parametrize("flags", [(), ("--pgbouncer",)], ids=["default", "pgbouncer-flag"])
-def test_lifeguard_check_through_pgbouncer(pgbouncer_url: str, flags: tuple[str, ...]) -> None:
-    """``lifeguard check`` through PgBouncer exits 0 with both drivers, again and again: it leaves no
+def test_poolwarden_check_through_pgbouncer(pgbouncer_url: str, flags: tuple[str, ...]) -> None:
+    """``poolwarden check`` through PgBouncer exits 0 with both drivers, again and again: it leaves no
     named prepared statement on the server connections for the next check to collide with."""
     urls = (ASYNCPG.url(pgbouncer_url), PSYCOPG.url(pgbouncer_url))
     for _ in range(3):
@@ -280,7 +280,7 @@ def test_lifeguard_check_through_pgbouncer(pgbouncer_url: str, flags: tuple[str,
         assert all(line.startswith("ok") and "PostgreSQL" in line and ":6432/" in line for line in lines)
 
 
-@pytest.mark.skipif(bool(os.environ.get("LIFEGUARD_TEST_PGBOUNCER")), reason="not our PgBouncer")
+@pytest.mark.skipif(bool(os.environ.get("POOLWARDEN_TEST_PGBOUNCER")), reason="not our PgBouncer")
 def test_scripts_pgbouncer_is_idempotent(pgbouncer_url: str) -> None:
     """Running scripts/pgbouncer while PgBouncer is up leaves it running and says where it listens."""
     done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=60, cwd=ROOT)

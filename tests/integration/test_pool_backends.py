@@ -25,8 +25,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from lifeguard import DSN, LeaseEnded, Lifeguard, Pool, PoolConfig, unwrap
-from lifeguard.connectors import connector_for
+from poolwarden import DSN, LeaseEnded, Pool, PoolConfig, Warden, unwrap
+from poolwarden.connectors import connector_for
 
 
 class Backend:
@@ -49,7 +49,7 @@ class Backend:
         self.table = table
 
     def pool(self, **settings: Any) -> Pool[Any]:
-        return Lifeguard().pool("db", self.url, **settings)
+        return Warden().pool("db", self.url, **settings)
 
     async def setup(self) -> None:
         raise NotImplementedError
@@ -98,7 +98,7 @@ class Asyncpg(Backend):
 
     def pool(self, **settings: Any) -> Pool[Any]:
         options = {"server_settings": {"application_name": self.tag}}
-        return Lifeguard().pool("db", self.url, options=options, **settings)
+        return Warden().pool("db", self.url, options=options, **settings)
 
     async def setup(self) -> None:
         # a connection leaked in a transaction would block DROP TABLE forever: fail instead

@@ -14,7 +14,7 @@ import asyncmy
 import asyncpg
 import pytest
 
-from lifeguard import DSN, BackendDown, Lifeguard, PoolTimeout, Resource, Unavailable
+from poolwarden import DSN, BackendDown, PoolTimeout, Resource, Unavailable, Warden
 from tests.support.faultproxy import FaultProxy
 
 _monotonic = time.monotonic
@@ -31,7 +31,7 @@ def _app_name() -> str:
 def _pg_pool(url: str, app: str | None = None, **settings: Any) -> Resource[Any]:
     if app is not None:
         settings["options"] = {"server_settings": {"application_name": app}}
-    return Lifeguard().pool("db", url, **settings)
+    return Warden().pool("db", url, **settings)
 
 
 async def _until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
@@ -144,7 +144,7 @@ async def test_mariadb_killed_idle_connections_are_never_lent(
     mysql_url: str, mysql_admin: asyncmy.Connection
 ) -> None:
     """After KILL of every idle pooled MariaDB connection, the next 1,000 requests all succeed."""
-    db = Lifeguard().pool("db", mysql_url, min_size=10, max_size=10, check_after_idle=None)
+    db = Warden().pool("db", mysql_url, min_size=10, max_size=10, check_after_idle=None)
 
     async def select_one(conn: Any) -> Any:
         async with conn.cursor() as cur:
@@ -484,7 +484,7 @@ async def test_startup_wait_times_out_with_backend_down(postgres_url: str, pg_pr
     """With the backend down past startup_timeout, open() raises BackendDown naming the resource and
     the last cause, and the pool ends closed."""
     pg_proxy.refuse()
-    db = Lifeguard().pool("orders-db", pg_proxy.url_for(postgres_url), startup="wait",
+    db = Warden().pool("orders-db", pg_proxy.url_for(postgres_url), startup="wait",
                           startup_timeout=0.5, backoff_max=0.1)
     started = _monotonic()
     with pytest.raises(BackendDown) as info:

@@ -24,7 +24,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from lifeguard import BackendDown, Lifeguard
+from poolwarden import BackendDown, Warden
 
 pytestmark = pytest.mark.slow
 
@@ -250,11 +250,11 @@ async def test_postgres_restart_under_load_fails_fast_then_recovers(
 ) -> None:
     """During a real PostgreSQL restart, requests through FastAPI get a fast 503 backend-down once
     the circuit is open, and succeed again within one probe interval of the server being back."""
-    guard = Lifeguard()
-    db = guard.pool("db", postgres_url, min_size=2, max_size=4, failure_threshold=2,
+    warden = Warden()
+    db = warden.pool("db", postgres_url, min_size=2, max_size=4, failure_threshold=2,
                     backoff_max=BACKOFF_MAX, acquire_timeout=5, connect_timeout=2)
     app = FastAPI()
-    guard.install(app, metrics=False, stats=False)
+    warden.install(app, metrics=False, stats=False)
 
     @app.get("/q")
     async def q(conn: Annotated[Any, db.connection]) -> dict[str, int]:
@@ -265,7 +265,7 @@ async def test_postgres_restart_under_load_fails_fast_then_recovers(
         return JSONResponse({"kind": type(exc).__name__}, status_code=500)
 
     retry_after: list[str] = []
-    async with guard, httpx.AsyncClient(
+    async with warden, httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
     ) as client:
 
@@ -293,7 +293,7 @@ async def test_mariadb_restart_under_load_fails_fast_then_recovers(
 ) -> None:
     """During a real MariaDB restart, acquires raise BackendDown at once while the circuit is open,
     and succeed again within one probe interval of the server being back."""
-    db = Lifeguard().pool("db", mysql_url, min_size=2, max_size=4, failure_threshold=2,
+    db = Warden().pool("db", mysql_url, min_size=2, max_size=4, failure_threshold=2,
                           backoff_max=BACKOFF_MAX, acquire_timeout=5, connect_timeout=2)
 
     async def call() -> str:

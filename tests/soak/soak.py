@@ -37,9 +37,9 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from lifeguard import Lifeguard, Resource, unwrap
+from poolwarden import Resource, Warden, unwrap
 
-DEFAULT_URL = os.environ.get("LIFEGUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_URL = os.environ.get("POOLWARDEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 # path -> weight. Client disconnects are drawn separately, on top of any of these.
 MIX: dict[str, int] = {
@@ -59,13 +59,13 @@ class Boom(Exception):
     """An endpoint's own bug: the pool must take the connection back all the same."""
 
 
-def build_app(guard: Lifeguard, db: Resource[Any]) -> FastAPI:
+def build_app(warden: Warden, db: Resource[Any]) -> FastAPI:
     """The soak's service: one endpoint per behaviour in ``MIX``.
 
     (No ``from __future__ import annotations`` in this module: FastAPI must see the local aliases.)
     """
     app = FastAPI()
-    guard.install(app, metrics=False, stats=False)
+    warden.install(app, metrics=False, stats=False)
 
     # on_error (below) wants the driver's connection a request was lent, even when the lease
     # failed inside the transaction dependency's BEGIN: remember it where both aliases pass.
@@ -205,10 +205,10 @@ async def run(requests: int, *, url: str = DEFAULT_URL, concurrency: int = 64, m
     """Run the soak and return its report (``report.violations`` empty when every invariant held)."""
     rng = random.Random(seed)
     app_name = app_name or f"lg-soak-{uuid.uuid4().hex[:10]}"
-    guard = Lifeguard()
-    db = guard.pool("db", url, min_size=4, max_size=max_size, acquire_timeout=10,
+    warden = Warden()
+    db = warden.pool("db", url, min_size=4, max_size=max_size, acquire_timeout=10,
                     options={"server_settings": {"application_name": app_name}})
-    app = build_app(guard, db)
+    app = build_app(warden, db)
     report = Report(app_name=app_name)
     paths = list(MIX)
     weights = list(MIX.values())
@@ -284,7 +284,7 @@ async def run(requests: int, *, url: str = DEFAULT_URL, concurrency: int = 64, m
 
     started = time.perf_counter()
     try:
-        async with guard, httpx.AsyncClient(transport=transport, base_url="http://soak") as client:
+        async with warden, httpx.AsyncClient(transport=transport, base_url="http://soak") as client:
             kill_task = asyncio.create_task(killer())
             try:
                 await asyncio.gather(*(client_worker(client) for _ in range(concurrency)))
@@ -366,10 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--events", action="store_true",
-                        help="show lifeguard's event log (hundreds of discards under fire)")
+                        help="show poolwarden's event log (hundreds of discards under fire)")
     args = parser.parse_args(argv)
     if not args.events:
-        logging.getLogger("lifeguard").setLevel(logging.ERROR)
+        logging.getLogger("poolwarden").setLevel(logging.ERROR)
     report = asyncio.run(run(args.requests, url=args.url, concurrency=args.concurrency,
                              max_size=args.max_size, kill_every=args.kill_every, seed=args.seed))
     print(report.render())

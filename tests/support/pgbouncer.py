@@ -19,23 +19,23 @@ from tests.support.servers import IN_CI, POSTGRES_URL, reachable, require
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "pgbouncer"
-PORT = int(os.environ.get("LIFEGUARD_PGBOUNCER_PORT", "6432"))
-PGBOUNCER_URL = os.environ.get("LIFEGUARD_TEST_PGBOUNCER", f"postgresql://postgres@127.0.0.1:{PORT}/test")
+PORT = int(os.environ.get("POOLWARDEN_PGBOUNCER_PORT", "6432"))
+PGBOUNCER_URL = os.environ.get("POOLWARDEN_TEST_PGBOUNCER", f"postgresql://postgres@127.0.0.1:{PORT}/test")
 # What the bouncer itself answers as (SHOW POOLS, SHOW SERVERS): only the simple query protocol.
 ADMIN_URL = PGBOUNCER_URL.rsplit("/", 1)[0] + "/pgbouncer"
 
 
 def _start() -> str | None:
     """Run the script and wait for the port; None on success, else what went wrong."""
-    if os.environ.get("LIFEGUARD_TEST_PGBOUNCER"):
+    if os.environ.get("POOLWARDEN_TEST_PGBOUNCER"):
         # someone else's bouncer: only wait for it
         if _wait(PGBOUNCER_URL, 5.0):
             return None
-        return f"LIFEGUARD_TEST_PGBOUNCER={PGBOUNCER_URL} does not answer"
+        return f"POOLWARDEN_TEST_PGBOUNCER={PGBOUNCER_URL} does not answer"
     try:
         # the first run may install the package with apt-get
         done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "LIFEGUARD_PGBOUNCER_PORT": str(PORT)})
+                              env={**os.environ, "POOLWARDEN_PGBOUNCER_PORT": str(PORT)})
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{SCRIPT.relative_to(ROOT)} could not run: {type(exc).__name__}: {exc}"
     if done.returncode != 0:

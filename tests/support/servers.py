@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-POSTGRES_URL = os.environ.get("LIFEGUARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-MYSQL_URL = os.environ.get("LIFEGUARD_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
-REDIS_URL = os.environ.get("LIFEGUARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("POOLWARDEN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("POOLWARDEN_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+REDIS_URL = os.environ.get("POOLWARDEN_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

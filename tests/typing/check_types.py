@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from lifeguard import (
+from poolwarden import (
     BackendDown,
-    Lifeguard,
     Pool,
     PoolConfig,
     PoolStats,
     PoolTimeout,
     Resource,
     Unavailable,
+    Warden,
     unwrap,
 )
-from lifeguard.observe.leaks import LeaseInfo
-from lifeguard.testing import FakeConnection, FakeConnector
+from poolwarden.observe.leaks import LeaseInfo
+from poolwarden.testing import FakeConnection, FakeConnector
 
 
 async def pool_is_generic_in_the_connection() -> None:
@@ -35,12 +35,12 @@ async def pool_is_generic_in_the_connection() -> None:
     assert_type(await pool.close(), list[LeaseInfo])
 
 
-def guard_resources_are_pools() -> None:
-    guard = Lifeguard()
-    db = guard.pool("db", "sqlite:///:memory:")
+def warden_resources_are_pools() -> None:
+    warden = Warden()
+    db = warden.pool("db", "sqlite:///:memory:")
     assert_type(db, Resource[Any])
     assert isinstance(db, Pool)
-    assert_type(guard.stats(), dict[str, PoolStats])
+    assert_type(warden.stats(), dict[str, PoolStats])
 
 
 def errors_carry_their_data(exc: Unavailable) -> float:

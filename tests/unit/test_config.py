@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from lifeguard import DSN, ConfigError, PoolConfig
-from lifeguard.config import Secrets
+from poolwarden import DSN, ConfigError, PoolConfig
+from poolwarden.config import Secrets
 
 
 def config_error(**settings: Any) -> str:
@@ -95,15 +95,15 @@ def test_unknown_setting_is_refused_with_its_name() -> None:
 
 
 def test_environment_supplies_settings() -> None:
-    """LIFEGUARD_<RESOURCE>_<SETTING> variables are parsed to the setting's type."""
+    """POOLWARDEN_<RESOURCE>_<SETTING> variables are parsed to the setting's type."""
     env = {
-        "LIFEGUARD_DB_MAX_SIZE": "7",
-        "LIFEGUARD_DB_ACQUIRE_TIMEOUT": "2.5",
-        "LIFEGUARD_DB_LEAK_THRESHOLD": "30",
-        "LIFEGUARD_DB_MAX_LIFETIME": "none",
-        "LIFEGUARD_DB_OPTIONAL": "true",
-        "LIFEGUARD_DB_STARTUP": "lazy",
-        "LIFEGUARD_OTHER_MAX_SIZE": "99",
+        "POOLWARDEN_DB_MAX_SIZE": "7",
+        "POOLWARDEN_DB_ACQUIRE_TIMEOUT": "2.5",
+        "POOLWARDEN_DB_LEAK_THRESHOLD": "30",
+        "POOLWARDEN_DB_MAX_LIFETIME": "none",
+        "POOLWARDEN_DB_OPTIONAL": "true",
+        "POOLWARDEN_DB_STARTUP": "lazy",
+        "POOLWARDEN_OTHER_MAX_SIZE": "99",
     }
     cfg = PoolConfig.from_settings("db", {}, environ=env)
     assert cfg.max_size == 7
@@ -115,30 +115,30 @@ def test_environment_supplies_settings() -> None:
 
 
 def test_resource_names_map_to_upper_snake_env_prefixes() -> None:
-    """A resource named "read-db" reads LIFEGUARD_READ_DB_* variables."""
-    cfg = PoolConfig.from_settings("read-db", {}, environ={"LIFEGUARD_READ_DB_MIN_SIZE": "3"})
+    """A resource named "read-db" reads POOLWARDEN_READ_DB_* variables."""
+    cfg = PoolConfig.from_settings("read-db", {}, environ={"POOLWARDEN_READ_DB_MIN_SIZE": "3"})
     assert cfg.min_size == 3
 
 
 def test_keyword_arguments_beat_the_environment() -> None:
     """A keyword setting wins over the same setting in the environment."""
-    cfg = PoolConfig.from_settings("db", {"max_size": 4}, environ={"LIFEGUARD_DB_MAX_SIZE": "7"})
+    cfg = PoolConfig.from_settings("db", {"max_size": 4}, environ={"POOLWARDEN_DB_MAX_SIZE": "7"})
     assert cfg.max_size == 4
 
 
 def test_bad_environment_value_names_the_variable_value() -> None:
     """An unparsable environment value is a ConfigError naming the setting and the raw text."""
     with pytest.raises(ConfigError, match=re.escape("max_size must be an integer (got max_size='lots' from")):
-        PoolConfig.from_settings("db", {}, environ={"LIFEGUARD_DB_MAX_SIZE": "lots"})
+        PoolConfig.from_settings("db", {}, environ={"POOLWARDEN_DB_MAX_SIZE": "lots"})
     with pytest.raises(ConfigError, match="optional must be a bool"):
-        PoolConfig.from_settings("db", {}, environ={"LIFEGUARD_DB_OPTIONAL": "maybe"})
+        PoolConfig.from_settings("db", {}, environ={"POOLWARDEN_DB_OPTIONAL": "maybe"})
 
 
 def test_environment_values_are_validated_too() -> None:
     """Values from the environment pass the same validation as keywords."""
     message = "max_size must be >= min_size (got max_size=1, min_size=2)"
     with pytest.raises(ConfigError, match=re.escape(message)):
-        PoolConfig.from_settings("db", {"min_size": 2}, environ={"LIFEGUARD_DB_MAX_SIZE": "1"})
+        PoolConfig.from_settings("db", {"min_size": 2}, environ={"POOLWARDEN_DB_MAX_SIZE": "1"})
 
 
 # -- DSN and secrets -----------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from lifeguard import LeaseEnded, LifeguardError, unwrap
-from lifeguard.handle import Handle, handle_class_for
-from lifeguard.testing import FakeConnection, FakeDisconnect
+from poolwarden import LeaseEnded, PoolwardenError, unwrap
+from poolwarden.handle import Handle, handle_class_for
+from poolwarden.testing import FakeConnection, FakeDisconnect
 from tests.unit.test_pool import MakePool, assert_quiet, make_pool
 
 __all__ = ["make_pool"]  # the fixture, imported for pytest
@@ -115,9 +115,9 @@ async def test_repr_names_the_resource_and_state_only(make_pool: MakePool) -> No
     pool = make_pool(min_size=1, max_size=1)
     await pool.open()
     conn = await pool.acquire()
-    assert repr(conn) == "<lifeguard handle of 'db' (lent)>"
+    assert repr(conn) == "<poolwarden handle of 'db' (lent)>"
     await pool.release(conn)
-    assert repr(conn) == "<lifeguard handle of 'db' (ended)>"
+    assert repr(conn) == "<poolwarden handle of 'db' (ended)>"
 
 
 async def test_release_twice_is_harmless(make_pool: MakePool) -> None:
@@ -138,9 +138,9 @@ async def test_release_refuses_what_this_pool_did_not_lend(make_pool: MakePool) 
     await pool.open()
     await other.open()
     foreign = await other.acquire()
-    with pytest.raises(LifeguardError, match="release"):
+    with pytest.raises(PoolwardenError, match="release"):
         await pool.release(unwrap(foreign))
-    with pytest.raises(LifeguardError, match="release"):
+    with pytest.raises(PoolwardenError, match="release"):
         await pool.release(foreign)
     await other.release(foreign)
 

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from lifeguard import ConfigError, Lifeguard, PoolTimeout
-from lifeguard.observe import otel, prometheus
-from lifeguard.observe.stats import BOUNDS
-from lifeguard.testing import FakeConnector
+from poolwarden import ConfigError, PoolTimeout, Warden
+from poolwarden.observe import otel, prometheus
+from poolwarden.observe.stats import BOUNDS
+from poolwarden.testing import FakeConnector
 
 POOL = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -86,23 +86,23 @@ class Scrape:
         return found[0]
 
 
-def scrape(guard: Lifeguard) -> Scrape:
-    body, content_type = prometheus.render(guard)
+def scrape(warden: Warden) -> Scrape:
+    body, content_type = prometheus.render(warden)
     assert content_type.startswith("text/plain")
     return Scrape(body)
 
 
-def fake_guard(name: str = "db", **settings: Any) -> Lifeguard:
-    guard = Lifeguard(environ={})
+def fake_warden(name: str = "db", **settings: Any) -> Warden:
+    warden = Warden(environ={})
     settings.setdefault("check_after_idle", None)
     settings.setdefault("drain_timeout", 1.0)
-    guard.pool(name, connector=FakeConnector(), **settings)
-    return guard
+    warden.pool(name, connector=FakeConnector(), **settings)
+    return warden
 
 
 @pytest.fixture
-async def guard() -> AsyncIterator[Lifeguard]:
-    g = fake_guard(min_size=1, max_size=2, acquire_timeout=0.05)
+async def warden() -> AsyncIterator[Warden]:
+    g = fake_warden(min_size=1, max_size=2, acquire_timeout=0.05)
     async with g:
         yield g
 
@@ -110,9 +110,9 @@ async def guard() -> AsyncIterator[Lifeguard]:
 # -- Prometheus, one process ------------------------------------------------------------------------
 
 
-async def test_prometheus_names_types_units_and_labels(guard: Lifeguard) -> None:
+async def test_prometheus_names_types_units_and_labels(warden: Warden) -> None:
     """Every conventional metric is exported once, with its Prometheus type, unit suffix and labels."""
-    families = scrape(guard).families
+    families = scrape(warden).families
     ours = {name: f for name, f in families.items() if name.startswith("db_client_")}
     expected = {prometheus_name(n, u): (kind, attrs) for n, kind, u, attrs in CONVENTIONS}
     assert set(ours) == set(expected)
@@ -131,9 +131,9 @@ async def test_prometheus_names_types_units_and_labels(guard: Lifeguard) -> None
     assert states == {"idle", "used"}
 
 
-async def test_prometheus_histograms_use_the_advised_buckets(guard: Lifeguard) -> None:
+async def test_prometheus_histograms_use_the_advised_buckets(warden: Warden) -> None:
     """The three histograms have BOUNDS as bucket bounds, then +Inf."""
-    s = scrape(guard)
+    s = scrape(warden)
     for name in ("create_time", "wait_time", "use_time"):
         les = [x.labels["le"] for x in s.samples(f"db_client_connection_{name}_seconds_bucket")]
         assert [float(le) for le in les] == [*BOUNDS, float("inf")]
@@ -141,7 +141,7 @@ async def test_prometheus_histograms_use_the_advised_buckets(guard: Lifeguard) -
 
 async def test_prometheus_values_follow_the_pool() -> None:
     """Acquire, wait, time out and release move the gauges, the counter and the histograms."""
-    g = fake_guard("moving", min_size=1, max_size=2, acquire_timeout=0.05)
+    g = fake_warden("moving", min_size=1, max_size=2, acquire_timeout=0.05)
     async with g:
         pool = g["moving"]
         base = pool.stats()
@@ -189,53 +189,53 @@ async def test_prometheus_values_follow_the_pool() -> None:
         assert inf == [waited.count]
 
 
-async def test_prometheus_single_process_costs_nothing_on_the_hot_path(guard: Lifeguard) -> None:
+async def test_prometheus_single_process_costs_nothing_on_the_hot_path(warden: Warden) -> None:
     """Rendering reads the snapshot: no listener is attached to any pool."""
-    scrape(guard)
-    assert guard["db"]._listeners == []
+    scrape(warden)
+    assert warden["db"]._listeners == []
 
 
-async def test_render_keeps_the_service_metrics_and_negotiates_openmetrics(guard: Lifeguard) -> None:
+async def test_render_keeps_the_service_metrics_and_negotiates_openmetrics(warden: Warden) -> None:
     """The default registry's metrics come along, and OpenMetrics is served when asked for, with units."""
-    body, content_type = prometheus.render(guard)
+    body, content_type = prometheus.render(warden)
     assert b"python_info" in body
-    body, content_type = prometheus.render(guard, "application/openmetrics-text; version=1.0.0")
+    body, content_type = prometheus.render(warden, "application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert b"# UNIT db_client_connection_wait_time_seconds seconds" in body
     assert body.endswith(b"# EOF\n")
 
 
-async def test_instrument_registers_a_collector_once_per_registry(guard: Lifeguard) -> None:
-    """A registry of one's own shows the pools; a second guard's collector there is refused as a duplicate."""
+async def test_instrument_registers_a_collector_once_per_registry(warden: Warden) -> None:
+    """A registry of one's own shows the pools; a second warden's collector is refused as a duplicate."""
     registry = CollectorRegistry()
-    prometheus.instrument(guard, registry=registry)
+    prometheus.instrument(warden, registry=registry)
     families = Scrape(generate_latest(registry)).families
     assert "db_client_connection_count" in families
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        prometheus.instrument(fake_guard(), registry=registry)
+        prometheus.instrument(fake_warden(), registry=registry)
 
 
 def test_missing_prometheus_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without prometheus_client, rendering fails with a ConfigError naming the extra to install."""
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(ConfigError, match=r"pip install 'lifeguard\[prometheus\]'"):
-        prometheus.render(fake_guard())
+    with pytest.raises(ConfigError, match=r"pip install 'poolwarden\[prometheus\]'"):
+        prometheus.render(fake_warden())
 
 
 # -- Prometheus, several processes ------------------------------------------------------------------
 
 WORKER = textwrap.dedent("""
     import asyncio, sys
-    from lifeguard import Lifeguard, PoolTimeout
-    from lifeguard.observe import prometheus
-    from lifeguard.testing import FakeConnector
+    from poolwarden import Warden, PoolTimeout
+    from poolwarden.observe import prometheus
+    from poolwarden.testing import FakeConnector
 
     async def main() -> None:
-        guard = Lifeguard(environ={})
-        pool = guard.pool("db", connector=FakeConnector(), min_size=1, max_size=2, acquire_timeout=0.05,
+        warden = Warden(environ={})
+        pool = warden.pool("db", connector=FakeConnector(), min_size=1, max_size=2, acquire_timeout=0.05,
                           check_after_idle=None)
-        prometheus.instrument(guard, refresh_interval=0.02, gauge_mode=sys.argv[1])
-        async with guard:
+        prometheus.instrument(warden, refresh_interval=0.02, gauge_mode=sys.argv[1])
+        async with warden:
             held = await pool.acquire()
             second = await pool.acquire()
             try:
@@ -253,10 +253,10 @@ WORKER = textwrap.dedent("""
 
 SCRAPER = textwrap.dedent("""
     import sys
-    from lifeguard import Lifeguard
-    from lifeguard.observe import prometheus
+    from poolwarden import Warden
+    from poolwarden.observe import prometheus
 
-    body, content_type = prometheus.render(Lifeguard(environ={}))
+    body, content_type = prometheus.render(Warden(environ={}))
     sys.stdout.write(body.decode())
 """)
 
@@ -356,7 +356,7 @@ async def test_otel_names_units_types_attributes_and_values() -> None:
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
-    g = fake_guard("otel", min_size=1, max_size=2, acquire_timeout=0.05)
+    g = fake_warden("otel", min_size=1, max_size=2, acquire_timeout=0.05)
     otel.instrument(g, meter_provider=provider)
     otel.instrument(g, meter_provider=provider)  # a second call adds nothing
     try:
@@ -412,5 +412,5 @@ async def test_otel_names_units_types_attributes_and_values() -> None:
 def test_missing_opentelemetry_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without opentelemetry-api, instrument fails with a ConfigError naming the extra to install."""
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
-    with pytest.raises(ConfigError, match=r"pip install 'lifeguard\[otel\]'"):
-        otel.instrument(fake_guard())
+    with pytest.raises(ConfigError, match=r"pip install 'poolwarden\[otel\]'"):
+        otel.instrument(fake_warden())

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from lifeguard import BackendDown, LeaseEnded, PoolClosed, PoolOverloaded, PoolTimeout, Unavailable, unwrap
-from lifeguard.pool import Pool
-from lifeguard.testing import FakeConnector, FakeDisconnect, FakeQueryError, assert_no_leases, fake_pool
+from poolwarden import BackendDown, LeaseEnded, PoolClosed, PoolOverloaded, PoolTimeout, Unavailable, unwrap
+from poolwarden.pool import Pool
+from poolwarden.testing import FakeConnector, FakeDisconnect, FakeQueryError, assert_no_leases, fake_pool
 
 # -- helpers shared by the test_pool*.py modules ------------------------------------------------
 
@@ -62,7 +62,7 @@ def acquire_task(pool: Pool[Any], timeout: float | None = None) -> asyncio.Task[
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "lifeguard.event", None) == name]
+    return [r for r in caplog.records if getattr(r, "poolwarden.event", None) == name]
 
 
 @pytest.fixture
@@ -382,7 +382,7 @@ async def test_garbage_collected_handle_gives_its_slot_back(
     make_pool: MakePool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A handle dropped without release is recovered: the slot serves a waiter and leak.lost is logged."""
-    caplog.set_level(logging.WARNING, logger="lifeguard")
+    caplog.set_level(logging.WARNING, logger="poolwarden")
     connector = FakeConnector()
     pool = make_pool(connector, min_size=1, max_size=1, acquire_timeout=2)
     await pool.open()
@@ -821,7 +821,7 @@ async def test_leak_threshold_reports_the_acquiring_line(
 ) -> None:
     """A lease held past leak_threshold logs leak.suspected with the test's acquire line, then
     leak.returned when it comes back."""
-    caplog.set_level(logging.WARNING, logger="lifeguard")
+    caplog.set_level(logging.WARNING, logger="poolwarden")
     pool = make_pool(min_size=1, max_size=1, leak_threshold=0.03)
     await pool.open()
     frame = inspect.currentframe()
@@ -844,7 +844,7 @@ async def test_a_slow_check_before_lending_is_not_reported_as_a_leak(
 ) -> None:
     """While the pool pings an idle connection for a new caller, neither leak detection nor leases()
     mistake it for the previous, long-finished lease."""
-    caplog.set_level(logging.WARNING, logger="lifeguard")
+    caplog.set_level(logging.WARNING, logger="poolwarden")
     connector = FakeConnector()
     pool = make_pool(connector, min_size=1, max_size=1, leak_threshold=0.02, check_after_idle=0)
     await pool.open()

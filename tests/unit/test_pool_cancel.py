@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from lifeguard import PoolClosed, PoolTimeout, unwrap
-from lifeguard.testing import FakeConnector
+from poolwarden import PoolClosed, PoolTimeout, unwrap
+from poolwarden.testing import FakeConnector
 from tests.unit.test_pool import MakePool, acquire_task, assert_quiet, make_pool, settle, wait_until
 
 __all__ = ["make_pool"]  # the fixture, imported for pytest

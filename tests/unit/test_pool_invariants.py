@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from lifeguard import Unavailable
-from lifeguard.handle import Handle
-from lifeguard.pool import Pool
-from lifeguard.testing import FakeConnector, FakeDisconnect, FakeQueryError, fake_pool
+from poolwarden import Unavailable
+from poolwarden.handle import Handle
+from poolwarden.pool import Pool
+from poolwarden.testing import FakeConnector, FakeDisconnect, FakeQueryError, fake_pool
 
 
 class Watch:

@@ -1,4 +1,4 @@
-"""The public names of ``lifeguard``: pinned, importable, and errors shaped as documented."""
+"""The public names of ``poolwarden``: pinned, importable, and errors shaped as documented."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-import lifeguard
+import poolwarden
 
 PUBLIC = [
     "DSN",
@@ -18,67 +18,67 @@ PUBLIC = [
     "HistogramSnapshot",
     "LeaseEnded",
     "LeaseInfo",
-    "Lifeguard",
-    "LifeguardError",
     "Pool",
     "PoolClosed",
     "PoolConfig",
     "PoolOverloaded",
     "PoolStats",
     "PoolTimeout",
+    "PoolwardenError",
     "Resource",
     "ServerInfo",
     "Unavailable",
+    "Warden",
     "unwrap",
 ]
 
-ERRORS = ["LifeguardError", "ConfigError", "LeaseEnded", "PoolClosed", "Unavailable", "PoolTimeout",
+ERRORS = ["PoolwardenError", "ConfigError", "LeaseEnded", "PoolClosed", "Unavailable", "PoolTimeout",
           "PoolOverloaded", "BackendDown"]
 
 
 def test_all_is_pinned() -> None:
-    """``lifeguard.__all__`` is exactly the documented public set, in order."""
-    assert lifeguard.__all__ == PUBLIC
+    """``poolwarden.__all__`` is exactly the documented public set, in order."""
+    assert poolwarden.__all__ == PUBLIC
 
 
 @pytest.mark.parametrize("name", PUBLIC)
 def test_every_public_name_is_importable(name: str) -> None:
-    """``from lifeguard import <name>`` works for every public name."""
-    module = importlib.import_module("lifeguard")
+    """``from poolwarden import <name>`` works for every public name."""
+    module = importlib.import_module("poolwarden")
     assert getattr(module, name) is not None
 
 
 def test_init_only_reexports() -> None:
-    """Nothing is defined in ``lifeguard/__init__.py``: every public object lives in a submodule."""
+    """Nothing is defined in ``poolwarden/__init__.py``: every public object lives in a submodule."""
     for name in PUBLIC:
-        obj = getattr(lifeguard, name)
+        obj = getattr(poolwarden, name)
         home = getattr(obj, "__module__", "")
         if name in ERRORS:
-            continue  # errors present themselves as ``lifeguard.X`` on purpose
-        assert home.startswith("lifeguard."), (name, home)
+            continue  # errors present themselves as ``poolwarden.X`` on purpose
+        assert home.startswith("poolwarden."), (name, home)
 
 
 @pytest.mark.parametrize("name", ERRORS)
-def test_errors_present_themselves_as_lifeguard(name: str) -> None:
-    """Every error's ``__module__`` is "lifeguard", so tracebacks show ``lifeguard.PoolTimeout``."""
-    error = getattr(lifeguard, name)
-    assert error.__module__ == "lifeguard"
-    assert issubclass(error, lifeguard.LifeguardError)
+def test_errors_present_themselves_as_poolwarden(name: str) -> None:
+    """Every error's ``__module__`` is "poolwarden", so tracebacks show ``poolwarden.PoolTimeout``."""
+    error = getattr(poolwarden, name)
+    assert error.__module__ == "poolwarden"
+    assert issubclass(error, poolwarden.PoolwardenError)
 
 
 def test_error_hierarchy() -> None:
     """The tree of DESIGN.md: generic handlers catch the right errors."""
-    assert issubclass(lifeguard.PoolTimeout, TimeoutError)
-    assert issubclass(lifeguard.ConfigError, ValueError)
+    assert issubclass(poolwarden.PoolTimeout, TimeoutError)
+    assert issubclass(poolwarden.ConfigError, ValueError)
     for name in ("PoolTimeout", "PoolOverloaded", "BackendDown"):
-        assert issubclass(getattr(lifeguard, name), lifeguard.Unavailable)
+        assert issubclass(getattr(poolwarden, name), poolwarden.Unavailable)
     for name in ("ConfigError", "LeaseEnded", "PoolClosed"):
-        assert not issubclass(getattr(lifeguard, name), lifeguard.Unavailable)
+        assert not issubclass(getattr(poolwarden, name), poolwarden.Unavailable)
 
 
 def test_errors_carry_resource_and_retry_after() -> None:
     """Errors take keyword data; retry_after is never negative."""
-    err = lifeguard.PoolTimeout("db: no connection", resource="db", retry_after=2.5)
+    err = poolwarden.PoolTimeout("db: no connection", resource="db", retry_after=2.5)
     assert (str(err), err.resource, err.retry_after) == ("db: no connection", "db", 2.5)
-    assert lifeguard.BackendDown("x", retry_after=-3).retry_after == 0.0
-    assert lifeguard.PoolClosed("x", resource="cache").resource == "cache"
+    assert poolwarden.BackendDown("x", retry_after=-3).retry_after == 0.0
+    assert poolwarden.PoolClosed("x", resource="cache").resource == "cache"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lifeguard.retry import Backoff, CircuitBreaker, set_testing
+from poolwarden.retry import Backoff, CircuitBreaker, set_testing
 
 
 @pytest.fixture

@@ -1,0 +1,47 @@
+"""poolwarden: correct, fast and observable connection lifecycles for FastAPI services."""
+
+from poolwarden.clients.client import Client
+from poolwarden.clients.config import ClientConfig
+from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors.base import Connector, ServerInfo
+from poolwarden.errors import (
+    BackendDown,
+    ConfigError,
+    LeaseEnded,
+    PoolClosed,
+    PoolOverloaded,
+    PoolTimeout,
+    PoolwardenError,
+    Unavailable,
+)
+from poolwarden.handle import unwrap
+from poolwarden.observe.leaks import LeaseInfo
+from poolwarden.observe.stats import HistogramSnapshot, PoolStats
+from poolwarden.pool import Pool
+from poolwarden.warden import Resource, Warden
+
+__all__ = [
+    "DSN",
+    "BackendDown",
+    "Client",
+    "ClientConfig",
+    "ConfigError",
+    "Connector",
+    "HistogramSnapshot",
+    "LeaseEnded",
+    "LeaseInfo",
+    "Pool",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolOverloaded",
+    "PoolStats",
+    "PoolTimeout",
+    "PoolwardenError",
+    "Resource",
+    "ServerInfo",
+    "Unavailable",
+    "Warden",
+    "unwrap",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,331 @@
+"""Client[T]: one shared, self-pooling driver client with a lifecycle, a health check and a circuit.
+
+A Redis client, an httpx client or a SQLAlchemy engine pools its connections itself, so poolwarden lends
+no leases here: every request gets the same object. What poolwarden adds is what a pool has around its
+connections: ordered start-up that waits (with backoff) for the backend, a background ping whose
+consecutive failures open a circuit (``BackendDown``, so FastAPI answers 503 without touching the
+backend), readiness and stats in the same shape as a pool's, and a bounded close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from functools import cached_property
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from poolwarden.clients.base import ClientDriver, Occupancy
+from poolwarden.clients.config import ClientConfig
+from poolwarden.config import DSN, Secrets
+from poolwarden.errors import BackendDown, ConfigError, PoolClosed
+from poolwarden.observe.events import emit
+from poolwarden.observe.leaks import LeaseInfo
+from poolwarden.observe.stats import Histogram, PoolState, PoolStats
+from poolwarden.retry import Backoff, CircuitBreaker
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+_monotonic = time.monotonic
+_EMPTY = Histogram().snapshot()  # no leases, so no wait, use or connect times of our own
+_NONE = Occupancy()
+
+
+class Client(Generic[T]):
+    """A shared driver client declared with ``warden.client(...)``; opened and closed by the lifespan.
+
+    In FastAPI use ``Annotated[Redis, cache.depends]`` (or ``cache.client``); elsewhere ``cache.get()``.
+    Both raise :class:`PoolClosed` before open and from the start of close, and :class:`BackendDown`
+    (with ``retry_after``) while the circuit is open, which ``warden.install`` turns into a 503.
+    ``open()`` with ``startup="wait"`` raises :class:`BackendDown` when no ping succeeded within
+    ``startup_timeout``.
+    """
+
+    def __init__(self, name: str, driver: ClientDriver[T], config: ClientConfig | None = None,
+                 dsn: DSN | None = None) -> None:
+        cfg = config or ClientConfig()
+        self.name = name
+        self.driver = driver
+        self.config = cfg
+        self.dsn = dsn  # str() and repr() of a DSN are redacted
+        self._secrets = Secrets((*(dsn.secrets.values if dsn else ()), *cfg.secrets))
+        self._pings = bool(getattr(driver, "pings", True))
+        self._state: PoolState = "new"
+        self._client: T | None = None
+        self._breaker = CircuitBreaker(cfg.failure_threshold, Backoff(cfg.backoff_initial, cfg.backoff_max))
+        self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
+        self._watcher: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._wake = asyncio.Event()  # a request saw a disconnect: check now rather than at the next tick
+        self._ever_ok = False
+        self._handed = 0
+        self._connect_errors = 0
+        self._pings_failed = 0
+        self._last_error: str | None = None
+        self._last_check: float | None = None
+        self._last_check_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        circuit = "open" if self._breaker.is_open else "closed"
+        return (f"<Client {self.name!r} {self.driver.driver} {self._state} ready={self.ready} "
+                f"circuit={circuit}>")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self, wait: bool | None = None) -> None:
+        """Make the client and start its health check; with ``wait`` (default: ``startup == "wait"``)
+        block until a ping succeeds, or close and raise :class:`BackendDown` after ``startup_timeout``."""
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise PoolClosed(f"{self.name}: a closed client cannot be opened again", resource=self.name)
+        self._state = "opening"
+        try:
+            client = await self.driver.open()
+        except Exception as exc:
+            self._state = "new"
+            raise ConfigError(f"{self.name}: could not make the {self.driver.driver} client: "
+                              f"{self._describe(exc)}", resource=self.name) from None
+        if self._state != "opening":  # closed while the driver was making it
+            await self.driver.close(client)
+            raise self._closed_error()
+        self._client = client
+        self._state = "open"
+        emit("client.opened", self.name, f"driver={self.driver.driver}", driver=self.driver.driver)
+        if not self._pings:
+            self._became_ready()
+            return
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"poolwarden {self.name}")
+        if wait is None:
+            wait = self.config.startup == "wait"
+        if not wait:
+            return
+        try:
+            ok = await self.wait_ready(self.config.startup_timeout)
+        except BaseException:
+            await self.close()
+            raise
+        if not ok:
+            cause = self._last_error or "no ping completed"
+            await self.close()
+            raise BackendDown(f"{self.name}: no successful ping within startup_timeout="
+                              f"{self.config.startup_timeout}s; last error: {cause}",
+                              resource=self.name, retry_after=self.config.backoff_max)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first successful ping; False if there was none."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> list[LeaseInfo]:
+        """Stop the health check and close the driver client within ``connect_timeout``.
+
+        Returns no leases (a client lends none); the list keeps the shape of ``Pool.close``.
+        """
+        if self._state in ("draining", "closed"):
+            return []
+        if self._state == "new":
+            self._state = "closed"
+            return []
+        self._state = "draining"
+        watcher, self._watcher = self._watcher, None
+        client, self._client = self._client, None
+        try:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            if client is not None:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    await self.driver.close(client)
+        except Exception as exc:
+            self._last_error = self._describe(exc)
+            emit("client.closed", self.name, f"close failed: {self._last_error}", level=logging.WARNING,
+                 error=self._last_error)
+        else:
+            emit("client.closed", self.name)
+        finally:
+            self._state = "closed"
+        return []
+
+    async def __aenter__(self) -> Client[T]:
+        await self.open()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- use -------------------------------------------------------------------------------------
+
+    def get(self) -> T:
+        """The driver client, for code outside FastAPI; raises PoolClosed or BackendDown (see above)."""
+        client = self._client
+        if self._state != "open" or client is None:
+            raise self._closed_error()
+        if self._breaker.is_open:
+            raise self._down_error()
+        self._handed += 1
+        return client
+
+    @cached_property
+    def depends(self) -> Any:
+        """A FastAPI ``Depends`` yielding the driver client; a disconnect error raised by the endpoint
+        makes the health check run at once."""
+        from fastapi import Depends  # FastAPI is imported only by those who use it
+
+        async def use() -> AsyncIterator[T]:
+            client = self.get()
+            try:
+                yield client
+            except Exception as exc:
+                if self.driver.is_disconnect(exc):
+                    self._suspect()
+                raise
+
+        use.__name__ = f"{self.name}_client"
+        return Depends(use, scope="function")
+
+    @property
+    def client(self) -> Any:
+        """The same ``Depends`` as :attr:`depends`."""
+        return self.depends
+
+    @property
+    def ready(self) -> bool:
+        """True when the client can serve: open, a ping succeeded, the circuit is closed."""
+        return self._state == "open" and self._ever_ok and not self._breaker.is_open
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def stats(self) -> PoolStats:
+        """A frozen snapshot in a pool's shape (sizes from the driver's own pool when it tells); no I/O."""
+        now = _monotonic()
+        occ = self._occupancy()
+        return PoolStats(
+            resource=self.name, driver=self.driver.driver, state=self._state,
+            circuit="open" if self._breaker.is_open else "closed",
+            size=occ.idle + occ.in_use, idle=occ.idle, in_use=occ.in_use, connecting=0, waiting=0,
+            min_size=0, max_size=occ.max_size, acquired=self._handed, released=self._handed,
+            discarded={}, timeouts=0, overloaded=0, connect_errors=self._connect_errors,
+            pings_failed=self._pings_failed, wait_time=_EMPTY, use_time=_EMPTY, connect_time=_EMPTY,
+            retry_after=self._breaker.retry_after(now), last_error=self._last_error,
+            last_check_seconds=self._last_check_seconds,
+            last_check_age=None if self._last_check is None else now - self._last_check,
+            ready=self.ready, optional=self.config.optional, extra={"kind": "client"},
+        )
+
+    # -- health ----------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Ping: with backoff until one succeeds, every health_interval while healthy, on the
+        breaker's probe schedule while the circuit is open."""
+        attempt = 0
+        while True:
+            if await self._check():
+                attempt = 0
+                interval = self.config.health_interval
+                await self._sleep(None if interval is None else interval * random.uniform(0.9, 1.1),
+                                  wakeable=True)
+            elif self._breaker.is_open:
+                await self._sleep(max(0.0, self._breaker.next_probe - _monotonic()), wakeable=False)
+            else:
+                await self._sleep(self._backoff.delay(attempt), wakeable=False)
+                attempt += 1
+
+    async def _sleep(self, delay: float | None, *, wakeable: bool) -> None:
+        # Only a healthy client is woken early: while failing, the backoff paces the pings, not the
+        # rate at which requests fail.
+        try:
+            if not wakeable:
+                await asyncio.sleep(delay or 0.0)
+                return
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+        finally:
+            self._wake.clear()
+
+    def _suspect(self) -> None:
+        if self._state == "open" and not self._breaker.is_open:
+            self._wake.set()
+
+    async def _check(self) -> bool:
+        client = self._client
+        if client is None:  # pragma: no cover - the watcher is cancelled before the client goes
+            return False
+        start = _monotonic()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await self.driver.ping(client)
+        except Exception as exc:
+            self._check_failed(exc)
+            return False
+        now = _monotonic()
+        self._last_check, self._last_check_seconds = now, now - start
+        if self._breaker.record_success():
+            emit("circuit.closed", self.name, "the backend answers again")
+        if not self._ever_ok:
+            self._became_ready()
+        return True
+
+    def _check_failed(self, exc: Exception) -> None:
+        if not self.ready:
+            self._connect_errors += 1  # failing to (re)reach the backend, not a blip of a healthy one
+        self._pings_failed += 1
+        if isinstance(exc, TimeoutError) and not str(exc):
+            limit = self.config.connect_timeout
+            self._last_error = f"TimeoutError: no answer within connect_timeout={limit}s"
+        else:
+            self._last_error = self._describe(exc)
+        emit("ping.failed", self.name, self._last_error, error=self._last_error)
+        now = _monotonic()
+        if self._breaker.record_failure(now):
+            retry = self._breaker.retry_after(now)
+            emit("circuit.opened", self.name,
+                 f"{self._breaker.failures} pings failed in a row; next probe in {retry:.2f}s",
+                 failures=self._breaker.failures, retry_after=retry)
+
+    def _became_ready(self) -> None:
+        self._ever_ok = True
+        self._ready.set()
+        emit("client.ready", self.name)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _occupancy(self) -> Occupancy:
+        read = getattr(self.driver, "occupancy", None)
+        client = self._client
+        if read is None or client is None:
+            return _NONE
+        try:
+            occ = read(client)
+        except Exception:  # stats are advisory: a driver's internals may move
+            return _NONE
+        return occ if isinstance(occ, Occupancy) else _NONE
+
+    def _describe(self, exc: BaseException) -> str:
+        return self._secrets.scrub(f"{type(exc).__name__}: {exc}")
+
+    def _down_error(self) -> BackendDown:
+        retry = max(self._breaker.retry_after(_monotonic()), self.config.backoff_initial)
+        return BackendDown(f"{self.name}: backend down after {self._breaker.failures} failed pings; "
+                           f"last error: {self._last_error}", resource=self.name, retry_after=retry)
+
+    def _closed_error(self) -> PoolClosed:
+        if self._state in ("new", "opening"):
+            return PoolClosed(f"{self.name}: the client is not open (use `async with`, open() or the "
+                              "Warden lifespan)", resource=self.name)
+        return PoolClosed(f"{self.name}: the client is {self._state}", resource=self.name)

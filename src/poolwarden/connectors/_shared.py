@@ -1,0 +1,55 @@
+"""What the connector modules share: the driver's URL, option checks and a transaction block."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from poolwarden.config import DSN
+from poolwarden.errors import ConfigError
+
+
+def driver_url(dsn: DSN) -> str:
+    """The revealed URL without its ``+driver`` suffix, which the drivers' own parsers reject."""
+    url = dsn.reveal()
+    scheme, sep, rest = url.partition("://")
+    return scheme.partition("+")[0] + sep + rest
+
+
+def check_options(driver: str, options: Mapping[str, Any], allowed: Collection[str]) -> dict[str, Any]:
+    """A copy of ``options``; raises ConfigError naming (never showing the value of) unknown keys.
+
+    Checked at declaration so that a typo fails at start-up, not at the first connect.
+    """
+    unknown = sorted(key for key in options if key not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown {driver} option{'s' if len(unknown) > 1 else ''}: {', '.join(map(repr, unknown))}"
+        )
+    return dict(options)
+
+
+def conflict(driver: str, key: str, reason: str) -> ConfigError:
+    return ConfigError(f"{driver} option {key!r} cannot be set {reason}")
+
+
+@asynccontextmanager
+async def transaction_block(
+    begin: Callable[[], Awaitable[object]],
+    commit: Callable[[], Awaitable[object]],
+    rollback: Callable[[], Awaitable[object]],
+) -> AsyncIterator[None]:
+    """BEGIN, then COMMIT on a clean exit or ROLLBACK on any exception (cancellation included)."""
+    await begin()
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            await rollback()
+        except Exception as rollback_exc:
+            # The connection is most likely gone; the caller's own error is the one worth raising,
+            # and the pool learns about the connection from is_disconnect/is_closed.
+            exc.add_note(f"poolwarden: the rollback failed too ({type(rollback_exc).__name__})")
+        raise
+    await commit()

@@ -1,0 +1,137 @@
+"""PostgreSQL through asyncpg.
+
+What the pool can rely on:
+
+* ``connect``, ``close``, ``ping``, ``rollback``, ``reset`` and ``server_info`` are coroutines;
+  ``terminate``, ``is_closed`` and ``in_transaction`` are plain calls that do no I/O.
+* asyncpg reads the socket even while a connection sits idle, so ``is_closed`` turns true as soon
+  as the server drops it (``pg_terminate_backend``, a restart): a dead idle connection is found
+  without a ping.
+* A task cancelled in the middle of a query leaves the connection *usable*: asyncpg sends a cancel
+  request on a side connection and the next call waits until the server has acknowledged it. A
+  query ``timeout=`` raises ``TimeoutError`` the same way; it still counts as a disconnect here,
+  because from outside a timeout cannot be told from a stalled network.
+* asyncpg keeps a cache of named prepared statements, so the full reset runs everything
+  ``DISCARD ALL`` does except ``DEALLOCATE ALL``. Behind PgBouncer (``pgbouncer=True``) the cache
+  is turned off and the reset is only a rollback: the session belongs to the bouncer.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from contextlib import AbstractAsyncContextManager
+
+import asyncpg
+
+from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors._shared import check_options, conflict, driver_url
+from poolwarden.connectors.base import ServerInfo
+
+__all__ = ["AsyncpgConnector", "create"]
+
+# 57P01 admin shutdown (pg_terminate_backend), 57P02 crash shutdown, 57P03 cannot connect now,
+# 57P04 database dropped, 57P05 idle session timeout: the server ends the session for all of them.
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
+_CLOSED = re.compile(r"connection (?:is|was|has been) closed")
+# The rest of DISCARD ALL, after asyncpg's own reset (CLOSE ALL, UNLISTEN *, RESET ALL, advisory
+# unlock). DEALLOCATE ALL is left out on purpose: it would break asyncpg's statement cache.
+_RESET_EXTRA = "SET SESSION AUTHORIZATION DEFAULT; DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+_SERVER_INFO = "SELECT current_setting('server_version'), current_setting('max_connections')::int"
+_OWN_OPTIONS = frozenset({"dsn", "timeout", "loop"})
+
+
+def create(dsn: DSN, config: PoolConfig) -> AsyncpgConnector:
+    """The asyncpg connector for ``dsn``; raises ConfigError for an unknown or conflicting option."""
+    return AsyncpgConnector(dsn, config)
+
+
+class AsyncpgConnector:
+    """Opens, checks and resets asyncpg connections; ``config.options`` go to ``asyncpg.connect``."""
+
+    driver = "asyncpg"
+
+    def __init__(self, dsn: DSN, config: PoolConfig) -> None:
+        allowed = set(inspect.signature(asyncpg.connect).parameters) - _OWN_OPTIONS
+        options = check_options(self.driver, config.options, allowed)
+        if config.pgbouncer:
+            # Named prepared statements live in one server session; in transaction mode the next
+            # statement may run on another one ("prepared statement ... does not exist").
+            if options.get("statement_cache_size", 0) != 0:
+                raise conflict(self.driver, "statement_cache_size", "with pgbouncer=True (must be 0)")
+            options["statement_cache_size"] = 0
+        self._url = driver_url(dsn)
+        self._redacted = dsn.redacted
+        self._options = options
+        self._pgbouncer = config.pgbouncer
+        self.connection_class: type[asyncpg.Connection] = options.get("connection_class", asyncpg.Connection)
+
+    def __repr__(self) -> str:
+        return f"<AsyncpgConnector {self._redacted}>"
+
+    async def connect(self, timeout: float) -> asyncpg.Connection:
+        # asyncpg's own timeout covers DNS, TCP, TLS and authentication, and cleans up on expiry.
+        return await asyncpg.connect(self._url, timeout=timeout, **self._options)
+
+    async def close(self, conn: asyncpg.Connection) -> None:
+        await conn.close()
+
+    def terminate(self, conn: asyncpg.Connection) -> None:
+        try:
+            conn.terminate()
+        except Exception:  # terminate must never raise; the socket is gone either way
+            pass
+
+    async def ping(self, conn: asyncpg.Connection) -> None:
+        # execute() without arguments uses the simple protocol: one round trip, no statement.
+        await conn.execute("SELECT 1")
+
+    def is_closed(self, conn: asyncpg.Connection) -> bool:
+        return bool(conn.is_closed())
+
+    def in_transaction(self, conn: asyncpg.Connection) -> bool:
+        # asyncpg records a transaction block (_top_xact) before its BEGIN is sent; a lease cancelled
+        # in between leaves no server transaction but a client-side one, which would turn the next
+        # borrower's transaction() into a SAVEPOINT: the release path must roll it back too
+        return bool(conn.is_in_transaction()) or getattr(conn, "_top_xact", None) is not None
+
+    async def rollback(self, conn: asyncpg.Connection) -> None:
+        # A transaction started with ``tr = conn.transaction(); await tr.start()`` and never
+        # finished stays registered on the connection, and the next borrower's
+        # ``conn.transaction()`` would become a SAVEPOINT outside any transaction. asyncpg's own
+        # reset clears it the same way.
+        if getattr(conn, "_top_xact", None) is not None:
+            conn._top_xact = None
+        await conn.execute("ROLLBACK")
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        if self.in_transaction(conn) or getattr(conn, "_top_xact", None) is not None:
+            await self.rollback(conn)
+        if self._pgbouncer:
+            return
+        # conn.reset() also drops the LISTEN and log callbacks registered on the Python side.
+        await conn.reset()
+        await conn.execute(_RESET_EXTRA)
+
+    def transaction(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
+        tx: AbstractAsyncContextManager[object] = conn.transaction()
+        return tx
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, (OSError, TimeoutError)):  # ConnectionError is an OSError
+            return True
+        if isinstance(exc, asyncpg.PostgresError):
+            state: str = getattr(exc, "sqlstate", None) or ""
+            return state.startswith("08") or state in _SESSION_ENDED
+        if isinstance(exc, asyncpg.exceptions.InternalClientError):
+            return True  # the protocol is out of sync: the connection cannot be trusted again
+        if isinstance(exc, asyncpg.InterfaceError):
+            return bool(_CLOSED.search(str(exc)))
+        return False
+
+    async def server_info(self, conn: asyncpg.Connection) -> ServerInfo:
+        # An unnamed statement even when the cache is on: `poolwarden check` (default config) may be
+        # pointed at PgBouncer, where a named one stays on the server and the next check's
+        # "__asyncpg_stmt_1__" collides with it (DuplicatePreparedStatementError).
+        row = await (await conn.prepare(_SERVER_INFO, name="")).fetchrow()
+        return ServerInfo(product="PostgreSQL", version=str(row[0]), max_connections=int(row[1]))

@@ -1,0 +1,188 @@
+"""MySQL and MariaDB through asyncmy (``mysql://`` and ``mariadb://``).
+
+Why asyncmy rather than aiomysql. Both descend from PyMySQL and both have a SQLAlchemy dialect
+(``mysql+asyncmy``, ``mysql+aiomysql``). asyncmy is compiled with Cython, which makes decoding
+rows several times cheaper than aiomysql's pure Python, and it is the more actively developed of
+the two: its protocol layer was rewritten around an asyncio ``BufferedProtocol``, it adds
+server-side prepared statements and MariaDB bulk execution. The deciding point is cancellation:
+since 0.2.13 a read cancelled mid-packet closes the connection (``_close_on_cancel``) instead of
+leaving the stream desynced, the bug behind asyncmy's "Packet sequence number wrong" reports, and a
+closed connection is exactly what the pool can see and discard. aiomysql closes on cancellation too,
+so on correctness they are level and speed decides; hence ``asyncmy>=0.2.13``.
+
+Connections open in **autocommit** mode unless ``options={"autocommit": False}``: with autocommit
+off, InnoDB opens a transaction at the first statement, so every read would leave the connection
+"in transaction" (a ROLLBACK round trip at each release), a forgotten commit would silently lose
+writes, and an idle lease would hold its snapshot open. Transactions are explicit instead, through
+``transaction()``, as with the PostgreSQL connectors.
+
+What the pool can rely on:
+
+* ``connect``, ``close`` (sends COM_QUIT), ``ping``, ``rollback``, ``reset`` and ``server_info``
+  are coroutines; ``terminate`` (closes the socket), ``is_closed`` and ``in_transaction`` do no I/O.
+  ``in_transaction`` reads the status flags of the server's last OK/EOF packet.
+* The transport keeps reading while a connection is idle, so a connection the server closed
+  (``KILL``, ``wait_timeout``, restart) shows as ``is_closed`` without a ping.
+* A task cancelled in the middle of a query closes its connection (``is_closed`` turns true);
+  the server does not learn of it until it next writes to the socket, so the query runs on there.
+* ``ping`` never reconnects behind the pool's back (asyncmy's default would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import asyncmy
+from asyncmy import errors
+
+from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors._shared import check_options, transaction_block
+from poolwarden.connectors.base import ServerInfo
+from poolwarden.errors import ConfigError
+
+__all__ = ["MysqlConnector", "create"]
+
+_COM_RESET_CONNECTION = 0x1F  # MySQL >= 5.7.3, MariaDB >= 10.2.4
+_DISCONNECT_CODES = frozenset({
+    1053,  # ER_SERVER_SHUTDOWN
+    1152, 1158, 1159, 1160, 1161, 1184,  # aborted connection, network read/write errors
+    1927,  # ER_CONNECTION_KILLED (MariaDB)
+    2002, 2003,  # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: cannot reach the server
+    2006,  # CR_SERVER_GONE_ERROR
+    2013,  # CR_SERVER_LOST
+    2014,  # CR_COMMANDS_OUT_OF_SYNC: the stream is desynced, the connection cannot be trusted
+    2055,  # CR_SERVER_LOST_EXTENDED
+    3169,  # ER_SESSION_WAS_KILLED (MySQL 8)
+    4031,  # ER_CLIENT_INTERACTION_TIMEOUT: closed by the server after wait_timeout (MySQL 8)
+})
+_URL_PARAMETERS = frozenset({"charset", "unix_socket", "sql_mode", "init_command", "program_name"})
+_OWN_OPTIONS = frozenset({"db"})  # deprecated alias of database
+
+
+def create(dsn: DSN, config: PoolConfig) -> MysqlConnector:
+    """The asyncmy connector for ``dsn``; raises ConfigError for an unknown option or URL parameter."""
+    return MysqlConnector(dsn, config)
+
+
+class MysqlConnector:
+    """Opens, checks and resets asyncmy connections; ``config.options`` go to ``asyncmy.connect``."""
+
+    driver = "asyncmy"
+    connection_class: type[asyncmy.Connection] = asyncmy.Connection
+
+    def __init__(self, dsn: DSN, config: PoolConfig) -> None:
+        allowed = set(inspect.signature(asyncmy.connect).parameters) - _OWN_OPTIONS
+        options = check_options(self.driver, config.options, allowed)
+        unknown = sorted(set(dsn.query) - _URL_PARAMETERS)
+        if unknown:
+            raise ConfigError(f"unknown MySQL URL parameter{'s' if len(unknown) > 1 else ''}:"
+                              f" {', '.join(map(repr, unknown))} (pass other settings in options=)")
+        options.setdefault("autocommit", True)
+        self._params: dict[str, Any] = {
+            "host": dsn.host or "localhost",
+            "port": dsn.port or 3306,
+            "user": dsn.username,
+            "password": dsn.password or "",
+            "database": dsn.database or None,
+            **dsn.query,
+            **options,
+        }
+        self._redacted = dsn.redacted
+
+    def __repr__(self) -> str:
+        return f"<MysqlConnector {self._redacted}>"
+
+    async def connect(self, timeout: float) -> asyncmy.Connection:
+        params = self._params
+        if "connect_timeout" not in params:
+            # asyncmy's own limit covers the TCP connect only; ours covers authentication too.
+            params = {**params, "connect_timeout": max(timeout, 0.001)}
+        async with asyncio.timeout(timeout):
+            # Cancelled (or timed out) half-way, asyncmy closes the socket itself.
+            conn: asyncmy.Connection = await asyncmy.connect(**params)
+        return conn
+
+    async def close(self, conn: asyncmy.Connection) -> None:
+        await conn.ensure_closed()
+
+    def terminate(self, conn: asyncmy.Connection) -> None:
+        try:
+            conn.close()
+        except Exception:  # terminate must never raise
+            pass
+
+    async def ping(self, conn: asyncmy.Connection) -> None:
+        await conn.ping(reconnect=False)
+
+    def is_closed(self, conn: asyncmy.Connection) -> bool:
+        # _stream_broken (asyncmy >= 0.2.13) sees the peer's close before any query does.
+        return not conn.connected or bool(getattr(conn, "_stream_broken", False))
+
+    def in_transaction(self, conn: asyncmy.Connection) -> bool:
+        return bool(conn.connected and conn.get_transaction_status())
+
+    async def rollback(self, conn: asyncmy.Connection) -> None:
+        await conn.rollback()
+
+    async def reset(self, conn: asyncmy.Connection) -> None:
+        # COM_RESET_CONNECTION: rollback, session variables back to the globals, user variables,
+        # temporary tables, prepared statements, table and GET_LOCK locks all dropped, without the
+        # re-authentication of COM_CHANGE_USER. asyncmy has no public call for it. On a server too
+        # old for it the command fails and the pool discards the connection, a reset too.
+        raw: Any = conn  # the stub omits the private calls and leaves query() untyped
+        await raw._execute_command(_COM_RESET_CONNECTION, b"")
+        await raw._read_ok_packet()
+        _forget_prepared_statements(conn)
+        # The reset also undid what asyncmy set up at connect: character set, autocommit, sql_mode.
+        autocommit = self._params["autocommit"]
+        setup = f"SET NAMES {raw.character_set_name()}"
+        if autocommit is not None:
+            setup += f", autocommit = {int(bool(autocommit))}"
+        if self._params.get("sql_mode") is not None:
+            setup += f", sql_mode = {self._params['sql_mode']}"
+        await raw.query(setup)
+        if self._params.get("init_command") is not None:
+            await raw.query(self._params["init_command"])
+            await conn.commit()
+
+    def transaction(self, conn: asyncmy.Connection) -> AbstractAsyncContextManager[object]:
+        return transaction_block(conn.begin, conn.commit, conn.rollback)
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, (OSError, TimeoutError)):
+            return True
+        if not isinstance(exc, errors.MySQLError):
+            return False
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code in _DISCONNECT_CODES:
+            return True
+        # asyncmy's own: InterfaceError(0, "Not connected" / "Cancelled during execution"),
+        # Error("Already closed") from ping, InternalError("Packet sequence number wrong").
+        if isinstance(exc, errors.InterfaceError) and code == 0:
+            return True
+        message = str(exc).lower()
+        return "already closed" in message or "packet sequence number wrong" in message
+
+    async def server_info(self, conn: asyncmy.Connection) -> ServerInfo:
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT VERSION(), @@max_connections")
+            row = await cur.fetchone()
+        version = str(row[0])
+        product = "MariaDB" if "mariadb" in version.lower() else "MySQL"
+        return ServerInfo(product=product, version=version, max_connections=int(row[1]))
+
+
+def _forget_prepared_statements(conn: asyncmy.Connection) -> None:
+    """The server dropped every prepared statement; asyncmy's cache must not hand out their ids."""
+    cache = getattr(conn, "_stmt_cache", None)
+    if not cache:
+        return
+    for stmt in cache.values():
+        try:
+            stmt._closed = True  # a later close() must not deallocate an id the server reuses
+        except AttributeError:
+            pass
+    cache.clear()

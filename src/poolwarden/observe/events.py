@@ -1,0 +1,58 @@
+"""The lifecycle event log: stable event names on the ``poolwarden`` logger, with structured extras.
+
+Every record carries ``poolwarden.event`` and ``poolwarden.resource`` in ``extra`` (so JSON formatters
+and log pipelines can key on them), and a short human message made of the same facts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["EVENTS", "emit", "logger"]
+
+logger = logging.getLogger("poolwarden")
+
+#: The stable event names, each with the level it is logged at.
+EVENTS: dict[str, int] = {
+    "pool.opened": logging.INFO,
+    "pool.ready": logging.INFO,
+    "pool.degraded": logging.WARNING,
+    "connection.opened": logging.INFO,
+    "connection.failed": logging.WARNING,
+    "connection.lent": logging.DEBUG,
+    "connection.returned": logging.DEBUG,
+    "connection.discarded": logging.WARNING,
+    "connection.recycled": logging.INFO,
+    "ping.failed": logging.WARNING,
+    "circuit.opened": logging.ERROR,
+    "circuit.closed": logging.INFO,
+    "leak.suspected": logging.WARNING,
+    "leak.returned": logging.WARNING,
+    "leak.lost": logging.WARNING,
+    "drain.started": logging.INFO,
+    "drain.abandoned": logging.WARNING,
+    "drain.finished": logging.INFO,
+    "pool.resized": logging.INFO,
+    "pool.expired": logging.INFO,
+    "pool.paused": logging.INFO,
+    "pool.resumed": logging.INFO,
+    "pool.share": logging.WARNING,
+    "client.opened": logging.INFO,
+    "client.ready": logging.INFO,
+    "client.closed": logging.INFO,
+}
+
+
+def emit(event: str, resource: str, detail: str = "", level: int | None = None, **fields: Any) -> None:
+    """Log one event; ``detail`` and ``fields`` must already be free of secrets."""
+    lvl = EVENTS[event] if level is None else level
+    if not logger.isEnabledFor(lvl):
+        return
+    extra: dict[str, Any] = {"poolwarden.event": event, "poolwarden.resource": resource}
+    for key, value in fields.items():
+        extra[f"poolwarden.{key}"] = value
+    if detail:
+        logger.log(lvl, "%s [%s] %s", event, resource, detail, extra=extra)
+    else:
+        logger.log(lvl, "%s [%s]", event, resource, extra=extra)

@@ -3,7 +3,7 @@
 * ``poolwarden check URL...`` connects to each database the way a pool would, pings it and reads what
   the server says about itself; one line per URL (the URL redacted), exit 0 when every one answered.
 * ``poolwarden top URL`` watches a running service's pools through its ``/poolwarden/stats`` route.
-* ``poolwarden demo`` runs the example service (``examples/notes_app.py``) with uvicorn.
+* ``poolwarden demo`` runs the example notes service (``poolwarden.demo.app``) with uvicorn.
 
 rich and httpx come with the ``cli`` extra, uvicorn with ``demo``; they are imported only by the
 subcommand that needs them.
@@ -86,12 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     top.set_defaults(run=_top)
 
     demo = sub.add_parser("demo", help="run the example notes service",
-                          description="Run examples/notes_app.py with uvicorn (SQLite unless "
-                          "NOTES_DATABASE_URL says otherwise).")
+                          description="Run the notes service of poolwarden.demo.app with uvicorn "
+                          "(SQLite unless NOTES_DATABASE_URL says otherwise).")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     demo.add_argument("--app", type=Path, default=None, metavar="PATH",
-                      help="the example's file (default: examples/notes_app.py of this checkout)")
+                      help="run this file's `app` instead of the packaged demo")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -331,21 +331,34 @@ def _quantile(h: HistogramSnapshot | None, q: float) -> str:
 
 def _demo(args: argparse.Namespace) -> int:
     uvicorn = _need("uvicorn")
-    path: Path = args.app or Path(__file__).resolve().parents[2] / "examples" / "notes_app.py"
-    if not path.is_file():
-        print(f"poolwarden demo: the example is not at {path} (it ships with the source checkout; "
-              "pass --app PATH)", file=sys.stderr)
+    try:
+        module = _demo_module(args.app)
+    except ConfigError as exc:  # e.g. NOTES_DATABASE_URL names a database whose driver is missing
+        print(f"poolwarden demo: {exc}", file=sys.stderr)
         return 2
-    spec = importlib.util.spec_from_file_location("poolwarden_demo_app", path)
-    if spec is None or spec.loader is None:
-        print(f"poolwarden demo: cannot import {path}", file=sys.stderr)
+    if module is None:
         return 2
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
     print(f"poolwarden demo: http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(module.app, host=args.host, port=args.port)
     return 0
+
+
+def _demo_module(path: Path | None) -> Any:
+    """The packaged demo app's module, or the module of the file at ``path``; None when it cannot load."""
+    if path is None:
+        try:
+            return importlib.import_module("poolwarden.demo.app")
+        except ImportError as exc:  # fastapi, aiosqlite... come with the extra
+            raise _Missing(f"the demo needs {exc.name or 'its dependencies'}: "
+                           "pip install 'poolwarden[demo]'") from None
+    spec = importlib.util.spec_from_file_location("poolwarden_demo_app", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        print(f"poolwarden demo: cannot import {path}", file=sys.stderr)
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -221,7 +221,7 @@ def test_top_unreachable_exits_1() -> None:
 
 
 def test_demo_serves_the_example(tmp_path: Path) -> None:
-    """demo runs examples/notes_app.py with uvicorn on the given port."""
+    """demo runs the packaged notes service (poolwarden.demo.app) with uvicorn on the given port."""
     port = free_port()
     env = {**os.environ, "NOTES_DATABASE_URL": f"sqlite:///{tmp_path}/notes.db"}
     proc = subprocess.Popen([*_command(), "demo", "--port", str(port)], env=env, text=True,

@@ -20,13 +20,13 @@ import asyncpg
 import httpx
 import pytest
 import uvicorn
-from examples.notes_app import Dialect, create_app, dialect_for
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from poolwarden import LeaseEnded, Resource, Warden
+from poolwarden.demo.app import Dialect, create_app, dialect_for
 
 PASSWORD = "canary-pw"  # PostgreSQL on loopback trusts any password; it must never reach a response
 

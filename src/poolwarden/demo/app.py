@@ -1,10 +1,16 @@
 """Notes: a small real service on poolwarden, and a page that shows its pool breathing.
 
-Run it with ``scripts/demo`` (or ``uvicorn examples.notes_app:app``) and open http://127.0.0.1:8000/.
-It runs on SQLite with nothing else installed; one environment variable moves it to another database::
+Run it with ``poolwarden demo`` (after ``pip install 'poolwarden[demo]'``), ``scripts/demo`` in a
+checkout, or ``uvicorn poolwarden.demo.app:app``, and open http://127.0.0.1:8000/. It runs on SQLite
+with nothing else installed; one environment variable (and the database's driver extra) moves it to
+another database::
 
-    NOTES_DATABASE_URL=postgresql://postgres@127.0.0.1/test   scripts/demo
-    NOTES_DATABASE_URL=mysql://root@127.0.0.1/test            scripts/demo
+    pip install 'poolwarden[demo,postgres]'
+    NOTES_DATABASE_URL=postgresql://postgres@127.0.0.1/test   poolwarden demo
+    pip install 'poolwarden[demo,mysql]'
+    NOTES_DATABASE_URL=mysql://root@127.0.0.1/test            poolwarden demo
+
+(``scripts/demo`` installs the driver extra for the scheme of ``NOTES_DATABASE_URL`` itself.)
 
 What to look at:
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support.faultproxy import FaultProxy, fault_proxy
+from tests.support.private_pg import PrivatePostgres, private_postgres
 
 
 @pytest.fixture
@@ -27,3 +28,11 @@ async def mysql_proxy(mysql_url: str) -> AsyncIterator[FaultProxy]:
     parts = urlsplit(mysql_url)
     async with fault_proxy(parts.hostname or "127.0.0.1", parts.port or 3306) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL on its own port, free to stop and start (``private_pg.stop()``,
+    ``await private_pg.astart()``); deleted at teardown. See tests/support/private_pg.py."""
+    with private_postgres() as pg:
+        yield pg

@@ -1,23 +1,18 @@
 """Real server restarts under steady load: requests fail fast once the circuit is open, and the
 pool serves again within one probe interval of the server accepting connections.
 
-Slow, and disruptive for anything else using the servers: each test stops a real server for a few
-seconds. The server is started again in a fixture teardown whatever happens, and the teardown waits
-until it accepts connections.
+Slow: each test stops a real server for a few seconds. The server is a private one
+(tests/support/private_pg.py) on its own port, so no shared server is ever stopped.
 
 (No ``from __future__ import annotations`` here: FastAPI must resolve the endpoint's local alias.)
 """
 
 import asyncio
-import os
-import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -25,6 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from poolwarden import BackendDown, Warden
+from tests.support.private_pg import (
+    PrivateMariaDB,
+    PrivatePostgres,
+    accepts,
+    private_mariadb,
+    private_postgres,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,36 +40,19 @@ OUTAGE = 2.0  # seconds the server stays down once stopped
 
 @dataclass
 class _Server:
-    """Stop and start one local server; ``accepts`` is a quick blocking probe (a client tool)."""
+    """Stop and start one private server (never a shared one); ``accepts`` is a quick TCP probe."""
 
     name: str
-    stop_cmd: list[str]
-    start_cmd: list[str]
-    accepts_cmd: list[str]
+    private: PrivatePostgres | PrivateMariaDB
 
     def accepts(self) -> bool:
-        try:
-            return subprocess.run(self.accepts_cmd, capture_output=True, timeout=5).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
-    async def _run(self, cmd: list[str], timeout: float = 60) -> None:
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            async with asyncio.timeout(timeout):
-                out, _ = await proc.communicate()
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {out.decode(errors='replace')}")
+        return accepts(self.private.port, timeout=0.2)
 
     async def stop(self) -> None:
-        await self._run(self.stop_cmd)
+        await self.private.astop()
 
     async def start(self) -> None:
-        await self._run(self.start_cmd)
+        await self.private.astart()
 
     async def wait_accepting(self, timeout: float = 60) -> float:
         """Poll until the server accepts connections; return when it first did (monotonic)."""
@@ -78,61 +63,19 @@ class _Server:
             await asyncio.sleep(0.02)
         return _monotonic()
 
-    def restore(self) -> None:
-        """Start the server unless it already accepts connections, and wait until it does."""
-        if self.accepts():
-            return
-        subprocess.run(self.start_cmd, capture_output=True, timeout=60)  # fails if already starting
-        deadline = _monotonic() + 60
-        while not self.accepts():
-            if _monotonic() > deadline:
-                raise RuntimeError(f"{self.name} could not be restarted: {self.start_cmd}")
-            time.sleep(0.1)
 
-
-def _require_tools(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"SKIPPED LOUDLY: cannot restart the server here (missing {', '.join(missing)})")
+@pytest.fixture
+def postgres_server() -> Iterator[_Server]:
+    """A private PostgreSQL cluster on its own port, deleted at teardown whatever happened."""
+    with private_postgres() as pg:
+        yield _Server("PostgreSQL", pg)
 
 
 @pytest.fixture
-def postgres_server(postgres_url: str) -> Iterator[_Server]:
-    """The local PostgreSQL cluster, started again (and awaited) at teardown whatever happened."""
-    _require_tools("pg_ctlcluster", "pg_isready")
-    if not os.path.isdir("/etc/postgresql") or not os.listdir("/etc/postgresql"):
-        pytest.skip("SKIPPED LOUDLY: no local PostgreSQL cluster to restart (/etc/postgresql)")
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    parts = urlsplit(postgres_url)
-    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
-    server = _Server(
-        "PostgreSQL", [*ctl, "stop"], [*ctl, "start"],
-        ["pg_isready", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432),
-         "-U", parts.username or "postgres", "-d", parts.path.lstrip("/") or "postgres", "-t", "1"],
-    )
-    try:
-        yield server
-    finally:
-        server.restore()
-
-
-@pytest.fixture
-def mariadb_server(mysql_url: str) -> Iterator[_Server]:
-    """The local MariaDB server, started again (and awaited) at teardown whatever happened."""
-    _require_tools("mariadb-admin", "start-stop-daemon")
-    if not os.path.exists("/usr/sbin/mariadbd"):
-        pytest.skip("SKIPPED LOUDLY: no local MariaDB server to restart (/usr/sbin/mariadbd)")
-    parts = urlsplit(mysql_url)
-    server = _Server(
-        "MariaDB", ["mariadb-admin", "-uroot", "shutdown"],
-        ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"],
-        ["mariadb-admin", "-uroot", f"-h{parts.hostname or '127.0.0.1'}", f"-P{parts.port or 3306}",
-         "--connect-timeout=1", "ping"],
-    )
-    try:
-        yield server
-    finally:
-        server.restore()
+def mariadb_server() -> Iterator[_Server]:
+    """A private MariaDB server on its own port, deleted at teardown whatever happened."""
+    with private_mariadb() as my:
+        yield _Server("MariaDB", my)
 
 
 # -- steady load ---------------------------------------------------------------------------------
@@ -245,13 +188,11 @@ async def _restart_under_load(server: _Server, load: _Load, down: str) -> dict[s
 
 
 @pytest.mark.postgres
-async def test_postgres_restart_under_load_fails_fast_then_recovers(
-    postgres_url: str, postgres_server: _Server
-) -> None:
+async def test_postgres_restart_under_load_fails_fast_then_recovers(postgres_server: _Server) -> None:
     """During a real PostgreSQL restart, requests through FastAPI get a fast 503 backend-down once
     the circuit is open, and succeed again within one probe interval of the server being back."""
     warden = Warden()
-    db = warden.pool("db", postgres_url, min_size=2, max_size=4, failure_threshold=2,
+    db = warden.pool("db", postgres_server.private.url, min_size=2, max_size=4, failure_threshold=2,
                     backoff_max=BACKOFF_MAX, acquire_timeout=5, connect_timeout=2)
     app = FastAPI()
     warden.install(app, metrics=False, stats=False)
@@ -276,7 +217,7 @@ async def test_postgres_restart_under_load_fails_fast_then_recovers(
             body = resp.json()
             if resp.status_code == 503:
                 retry_after.append(resp.headers.get("Retry-After", ""))
-                return "503 " + body["type"].rpartition(":")[2]
+                return "503 " + str(body["type"]).rpartition(":")[2]
             return f"{resp.status_code} {body.get('kind')}"
 
         await _restart_under_load(postgres_server, _Load(call), down="503 backend-down")
@@ -288,12 +229,10 @@ async def test_postgres_restart_under_load_fails_fast_then_recovers(
 
 
 @pytest.mark.mysql
-async def test_mariadb_restart_under_load_fails_fast_then_recovers(
-    mysql_url: str, mariadb_server: _Server
-) -> None:
+async def test_mariadb_restart_under_load_fails_fast_then_recovers(mariadb_server: _Server) -> None:
     """During a real MariaDB restart, acquires raise BackendDown at once while the circuit is open,
     and succeed again within one probe interval of the server being back."""
-    db = Warden().pool("db", mysql_url, min_size=2, max_size=4, failure_threshold=2,
+    db = Warden().pool("db", mariadb_server.private.url, min_size=2, max_size=4, failure_threshold=2,
                           backoff_max=BACKOFF_MAX, acquire_timeout=5, connect_timeout=2)
 
     async def call() -> str:

@@ -1,5 +1,7 @@
 """poolwarden: correct, fast and observable connection lifecycles for FastAPI services."""
 
+import logging as _logging
+
 from poolwarden.clients.client import Client
 from poolwarden.clients.config import ClientConfig
 from poolwarden.config import DSN, PoolConfig
@@ -45,3 +47,7 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# The library convention (logging HOWTO): records go nowhere until the application configures logging,
+# instead of Python's last-resort handler printing WARNINGs to stderr.
+_logging.getLogger("poolwarden").addHandler(_logging.NullHandler())

@@ -182,6 +182,10 @@ class Client(Generic[T]):
         makes the health check run at once."""
         from fastapi import Depends  # FastAPI is imported only by those who use it
 
+        from poolwarden._requires import require_fastapi
+
+        require_fastapi()
+
         async def use() -> AsyncIterator[T]:
             client = self.get()
             try:

@@ -38,10 +38,11 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Query, Response
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from poolwarden import Warden
+from poolwarden.observe import dashboard
 
 __all__ = ["app", "create_app"]
 
@@ -197,7 +198,9 @@ def create_app(url: str | None = None) -> FastAPI:
             yield
 
     app = FastAPI(title="notes", summary="A poolwarden demo", lifespan=lifespan)
-    warden.install(app)  # 503 problem+json handlers, /livez, /readyz, /metrics, /poolwarden/stats
+    # 503 problem+json handlers, /livez, /readyz, /metrics; stats=True serves /poolwarden/stats (for
+    # `poolwarden top`) to anyone: fine for a demo on localhost, not for a public service
+    warden.install(app, stats=True)
 
     # The connection is the driver's own (asyncpg.Connection, aiosqlite.Connection...), seen through a
     # handle that stops working when the lease ends. With one database you would write its type here.
@@ -295,80 +298,43 @@ def create_app(url: str | None = None) -> FastAPI:
         codes = Counter(str(r.status_code) for r in responses)
         return {"requests": n, "status": dict(codes), "seconds": round(time.perf_counter() - start, 3)}
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return PAGE
+    # -- an outage, simulated honestly: the database stops accepting connections ---------------------
+    # Every connection is expired (idle ones close now, lent ones when they come back) and every new
+    # connect fails as a dead server's would, so the pool queues, times out, opens its circuit and sheds
+    # with 503 + Retry-After; "recover" lets connects succeed again and the circuit closes on its next probe.
+    real_connect = db.connector.connect
+    outage = {"on": False}
+
+    async def connect(timeout: float) -> Any:
+        if outage["on"]:
+            await asyncio.sleep(0.05)  # a refused connect takes a round trip
+            raise ConnectionRefusedError("demo outage: the database refuses connections")
+        return await real_connect(timeout)
+
+    db.connector.connect = connect  # type: ignore[method-assign]
+
+    @app.post("/demo/outage", include_in_schema=False)
+    async def start_outage() -> dict[str, bool]:
+        outage["on"] = True
+        db.expire()
+        return {"outage": True}
+
+    @app.post("/demo/recover", include_in_schema=False)
+    async def end_outage() -> dict[str, bool]:
+        outage["on"] = False
+        return {"outage": False}
+
+    app.include_router(dashboard.router(warden, prefix="/poolwarden/dashboard", actions=(
+        dashboard.Action("Create load (300 requests)", "/burst?n=300"),
+        dashboard.Action("Simulate outage", "/demo/outage", danger=True),
+        dashboard.Action("Recover", "/demo/recover"),
+    )))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> RedirectResponse:
+        return RedirectResponse("/poolwarden/dashboard")
 
     return app
 
-
-PAGE = """<!doctype html>
-<html lang="en">
-<meta charset="utf-8">
-<title>notes · poolwarden</title>
-<style>
-  body { font: 15px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; padding: 0 1rem;
-         color: #222; }
-  h1 small { font-weight: normal; color: #888; }
-  .pool { margin: 1.5rem 0; }
-  .row { display: grid; grid-template-columns: 5rem 1fr 3rem; gap: .75rem; align-items: center;
-         margin: .3rem 0; }
-  .bar { height: 1.1rem; background: #eee; border-radius: 3px; overflow: hidden; }
-  .bar div { height: 100%; transition: width .25s; }
-  .size div { background: #5b7fd6; } .idle div { background: #6cbf73; }
-  .used div { background: #e5a23a; } .waiting div { background: #d9534f; }
-  .num { text-align: right; font-variant-numeric: tabular-nums; }
-  .meta { color: #666; font-size: 13px; }
-  button { font: inherit; padding: .4rem .9rem; }
-</style>
-<h1>notes <small>on poolwarden</small></h1>
-<p>Each pool of the service, read from <a href="/poolwarden/stats">/poolwarden/stats</a> every 500 ms.
-   Also: <a href="/docs">the API</a>, <a href="/readyz?verbose">/readyz</a>, <a href="/livez">/livez</a>.</p>
-<div id="pools">connecting…</div>
-<p><button id="burst">Fire 200 requests at /slow</button> <span id="result" class="meta"></span></p>
-<script>
-let peakWaiting = 1;
-
-function bar(label, value, max) {
-  const width = Math.min(100, 100 * value / Math.max(max, 1));
-  return `<div class="row ${label}"><span>${label}</span>` +
-         `<div class="bar"><div style="width:${width}%"></div></div><span class="num">${value}</span></div>`;
-}
-
-function render(stats) {
-  let html = "";
-  for (const [name, s] of Object.entries(stats)) {
-    peakWaiting = Math.max(peakWaiting, s.waiting);
-    html += `<div class="pool"><b>${name}</b> <span class="meta">${s.driver} · ${s.state} · ` +
-            `circuit ${s.circuit} · min ${s.min_size} / max ${s.max_size}</span>` +
-            bar("size", s.size, s.max_size) + bar("idle", s.idle, s.max_size) +
-            bar("used", s.in_use, s.max_size) + bar("waiting", s.waiting, peakWaiting) +
-            `<div class="meta">lent ${s.acquired} · returned ${s.released} · timed out ${s.timeouts}` +
-            ` · refused ${s.overloaded}</div></div>`;
-  }
-  document.getElementById("pools").innerHTML = html;
-}
-
-async function poll() {
-  try {
-    render(await (await fetch("/poolwarden/stats")).json());
-  } catch (err) {
-    document.getElementById("pools").textContent = "the service does not answer";
-  }
-  setTimeout(poll, 500);
-}
-
-document.getElementById("burst").onclick = async () => {
-  const result = document.getElementById("result");
-  result.textContent = "firing…";
-  const r = await (await fetch("/burst?n=200", {method: "POST"})).json();
-  const codes = Object.entries(r.status).map(([code, n]) => `${n} answered ${code}`).join(", ");
-  result.textContent = `${codes} in ${r.seconds} s`;
-};
-
-poll();
-</script>
-</html>
-"""
 
 app = create_app()

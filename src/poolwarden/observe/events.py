@@ -7,9 +7,10 @@ and log pipelines can key on them), and a short human message made of the same f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENTS", "emit", "logger"]
+__all__ = ["EVENTS", "Sink", "emit", "logger", "subscribe"]
 
 logger = logging.getLogger("poolwarden")
 
@@ -41,12 +42,34 @@ EVENTS: dict[str, int] = {
     "client.opened": logging.INFO,
     "client.ready": logging.INFO,
     "client.closed": logging.INFO,
+    "loop.blocked": logging.WARNING,
 }
+
+#: A subscriber of lifecycle events: ``sink(event, resource, detail, fields)``; must be fast, never raise.
+Sink = Callable[[str, str, str, dict[str, Any]], None]
+_sinks: list[Sink] = []
+
+
+def subscribe(sink: Sink) -> Callable[[], None]:
+    """Also hand every INFO-or-louder event to ``sink`` (the dashboard's timeline); returns the
+    unsubscribe function. Independent of the logger's level: DEBUG events (lend, return) never reach it."""
+    _sinks.append(sink)
+
+    def unsubscribe() -> None:
+        if sink in _sinks:
+            _sinks.remove(sink)
+    return unsubscribe
 
 
 def emit(event: str, resource: str, detail: str = "", level: int | None = None, **fields: Any) -> None:
     """Log one event; ``detail`` and ``fields`` must already be free of secrets."""
     lvl = EVENTS[event] if level is None else level
+    if _sinks and lvl >= logging.INFO:
+        for sink in tuple(_sinks):
+            try:
+                sink(event, resource, detail, fields)
+            except Exception:  # an observer must never break the pool
+                logger.debug("event sink failed", exc_info=True)
     if not logger.isEnabledFor(lvl):
         return
     extra: dict[str, Any] = {"poolwarden.event": event, "poolwarden.resource": resource}

@@ -8,12 +8,14 @@ from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors.base import Connector, ServerInfo
 from poolwarden.errors import (
     BackendDown,
+    BackendLost,
     ConfigError,
     LeaseEnded,
     PoolClosed,
     PoolOverloaded,
     PoolTimeout,
     PoolwardenError,
+    TransactionFailed,
     Unavailable,
 )
 from poolwarden.handle import unwrap
@@ -25,6 +27,7 @@ from poolwarden.warden import Resource, Warden
 __all__ = [
     "DSN",
     "BackendDown",
+    "BackendLost",
     "Client",
     "ClientConfig",
     "ConfigError",
@@ -41,6 +44,7 @@ __all__ = [
     "PoolwardenError",
     "Resource",
     "ServerInfo",
+    "TransactionFailed",
     "Unavailable",
     "Warden",
     "unwrap",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = [
     "BackendDown",
+    "BackendLost",
     "ConfigError",
     "LeaseEnded",
     "PoolClosed",
     "PoolOverloaded",
     "PoolTimeout",
     "PoolwardenError",
+    "TransactionFailed",
     "Unavailable",
 ]
 
@@ -66,5 +68,19 @@ class PoolOverloaded(Unavailable):
 
 class BackendDown(Unavailable):
     """The circuit is open: the backend failed to connect repeatedly."""
+
+    __module__ = "poolwarden"
+
+
+class BackendLost(Unavailable):
+    """The connection broke mid-request (or a COMMIT/ROLLBACK outlived ``reset_timeout``): the
+    request's effect on the server is unknown; the connection was discarded."""
+
+    __module__ = "poolwarden"
+
+
+class TransactionFailed(PoolwardenError):
+    """A transaction block did not commit: COMMIT answered ROLLBACK (an error inside it was caught),
+    or the transaction had already ended before its COMMIT."""
 
     __module__ = "poolwarden"

@@ -11,6 +11,7 @@ import poolwarden
 PUBLIC = [
     "DSN",
     "BackendDown",
+    "BackendLost",
     "Client",
     "ClientConfig",
     "ConfigError",
@@ -27,13 +28,14 @@ PUBLIC = [
     "PoolwardenError",
     "Resource",
     "ServerInfo",
+    "TransactionFailed",
     "Unavailable",
     "Warden",
     "unwrap",
 ]
 
 ERRORS = ["PoolwardenError", "ConfigError", "LeaseEnded", "PoolClosed", "Unavailable", "PoolTimeout",
-          "PoolOverloaded", "BackendDown"]
+          "PoolOverloaded", "BackendDown", "BackendLost", "TransactionFailed"]
 
 
 def test_all_is_pinned() -> None:

@@ -1,0 +1,234 @@
+"""WaitQueue on a fake clock: arrival order, deadlines, adaptive LIFO, shedding, O(1) leaving."""
+
+from __future__ import annotations
+
+import asyncio
+
+from poolwarden.waitqueue import BATCH, Waiter, WaitQueue, fail_in_batches
+
+LIMIT = 10.0
+
+
+def waiter(at: float, limit: float = LIMIT) -> Waiter[int]:
+    """A waiter that started waiting at fake time ``at``."""
+    return Waiter(asyncio.get_running_loop().create_future(), at + limit, limit)
+
+
+def queue(**kwargs: float) -> WaitQueue[int]:
+    return WaitQueue(target=kwargs.get("target", 0.005), interval=kwargs.get("interval", 0.1),
+                     adaptive=bool(kwargs.get("adaptive", True)))
+
+
+def mode(q: WaitQueue[int]) -> str:
+    return q.mode  # a call, so mypy does not narrow the mode between two asserts
+
+
+def served_ids(q: WaitQueue[int], ids: dict[int, int], now: float, n: int) -> list[int]:
+    out = []
+    for _ in range(n):
+        w = q.take(now)
+        assert w is not None
+        out.append(ids[id(w)])
+    return out
+
+
+async def test_fifo_under_normal_load() -> None:
+    """Waiters served within the target keep strict arrival order, however long it goes on."""
+    q = queue()
+    order = []
+    now = 0.0
+    for i in range(2000):  # 2 s of traffic: every waiter waits 3 ms, under the 5 ms target
+        w = waiter(now)
+        q.push(w, now)
+        now += 0.003
+        assert q.take(now) is w
+        order.append(i)
+        assert mode(q) == "fifo"
+    assert q.lifo_switches == 0
+    assert not q
+    assert q.live == 0
+
+
+async def test_burst_shorter_than_interval_stays_fifo() -> None:
+    """A burst drained within the interval is served first come, first served."""
+    q = queue()
+    ws = [waiter(0.0) for _ in range(50)]
+    ids = {id(w): i for i, w in enumerate(ws)}
+    for w in ws:
+        q.push(w, 0.0)
+    assert served_ids(q, ids, 0.05, 50) == list(range(50))
+    assert q.lifo_switches == 0
+
+
+async def test_standing_queue_switches_to_lifo_and_back_when_drained() -> None:
+    """Above target for a whole interval: newest first; back to FIFO once the queue drains."""
+    q = queue()
+    ws = [waiter(i * 0.001) for i in range(10)]
+    ids = {id(w): i for i, w in enumerate(ws)}
+    for i, w in enumerate(ws):
+        q.push(w, i * 0.001)
+    assert mode(q) == "fifo"
+    assert served_ids(q, ids, 0.05, 1) == [0]  # oldest over target, but not yet for an interval
+    assert mode(q) == "fifo"
+    assert served_ids(q, ids, 0.12, 3) == [9, 8, 7]  # stood above 5 ms for 100 ms: LIFO
+    assert mode(q) == "lifo"
+    assert q.lifo_switches == 1
+    assert served_ids(q, ids, 0.13, 6) == [6, 5, 4, 3, 2, 1]
+    assert not q
+    assert mode(q) == "fifo"
+    late = [waiter(1.0), waiter(1.001)]
+    for w in late:
+        q.push(w, 1.001)
+    assert q.take(1.002) is late[0]  # first come, first served again
+
+
+async def test_lifo_returns_to_fifo_when_the_oldest_is_under_target_again() -> None:
+    """Once the stale waiters are gone and the oldest is fresh, arrival order is restored."""
+    q = queue()
+    stale = waiter(0.0)
+    q.push(stale, 0.0)
+    q.push(waiter(0.2), 0.2)
+    assert mode(q) == "lifo"
+    assert q.discard(stale, 0.201)  # its caller gave up
+    assert mode(q) == "fifo"
+
+
+async def test_non_adaptive_queue_never_leaves_fifo() -> None:
+    """With adaptive control off, a standing queue is still served oldest first."""
+    q = queue(adaptive=False)
+    ws = [waiter(0.0), waiter(0.5), waiter(1.0)]
+    for w in ws:
+        q.push(w, 1.0)
+    assert q.take(2.0) is ws[0]
+    assert mode(q) == "fifo"
+
+
+async def test_shed_drops_the_oldest_that_cannot_be_served_in_time() -> None:
+    """In LIFO, the oldest waiters whose deadline comes before the queue could drain are shed."""
+    q = queue()
+    old = [waiter(0.0, limit=1.0) for _ in range(3)]  # deadline 1.0
+    for w in old:
+        q.push(w, 0.0)
+    fresh = [waiter(0.5) for _ in range(5)]
+    for w in fresh:
+        q.push(w, 0.5)
+    assert mode(q) == "lifo"
+    assert q.shed(0.9, rate=100.0) == []  # 8 waiters drain in 80 ms: the old ones still make it
+    assert q.shed(0.95, rate=10.0) == old  # at 10/s they need 0.8 s but have 0.05 s
+    assert q.live == 5
+    assert q.shed_counts["overload"] == 3
+    assert q.shed(0.95, rate=10.0) == []  # the fresh ones have time
+
+
+async def test_shed_does_nothing_in_fifo_mode() -> None:
+    """Under normal load nobody is shed, whatever the estimate."""
+    q = queue()
+    w = waiter(0.0, limit=0.01)
+    q.push(w, 0.0)
+    assert q.shed(0.005, rate=0.001) == []
+
+
+async def test_make_room_gives_the_oldest_place_to_a_newcomer_only_in_lifo() -> None:
+    """At the bound, FIFO refuses the newcomer; LIFO sheds the oldest waiter instead."""
+    q = queue()
+    first = waiter(0.0)
+    q.push(first, 0.0)
+    assert q.make_room(0.001) is None
+    q.push(waiter(0.2), 0.2)
+    assert mode(q) == "lifo"
+    assert q.make_room(0.2) is first
+    assert q.live == 1
+    assert q.shed_counts["overload"] == 1
+
+
+async def test_expire_takes_deadlines_in_order_within_the_budget() -> None:
+    """Deadlines come off the heap earliest first, at most ``budget`` per call."""
+    q = queue(adaptive=False)
+    ws = [waiter(0.0, limit=float(lim)) for lim in (5, 1, 3, 2, 4)]
+    for w in ws:
+        q.push(w, 0.0)
+    assert [w.limit for w in q.expire(3.5, budget=2)] == [1.0, 2.0]
+    assert [w.limit for w in q.expire(3.5, budget=2)] == [3.0]
+    assert q.next_due() == 4.0
+    assert q.live == 2
+    assert q.shed_counts["timeout"] == 3
+    assert [w.limit for w in q if w.queued] == [5.0, 4.0]  # the others are marked, left in place
+
+
+async def test_served_and_cancelled_waiters_do_not_pile_up() -> None:
+    """Leaving marks a waiter; ends are trimmed and rebuilds keep the dead at most the living."""
+    q = queue(adaptive=False)
+    ws = [waiter(0.0) for _ in range(20_000)]
+    for w in ws:
+        q.push(w, 0.0)
+    for w in ws[1::2]:  # every other caller gives up: none of them at an end
+        w.fut.cancel()
+        assert q.discard(w, 0.0)
+        assert not q.discard(w, 0.0)  # leaving twice counts once
+    assert q.live == 10_000
+    assert len(q) <= 2 * q.live + 64
+    assert len(q.heap) <= 2 * q.live + 64
+    for _ in range(9_999):
+        assert q.take(0.0) is not None
+    assert q.live == 1
+    assert len(q) == 1
+    assert len(q.heap) <= 64 + 2
+    assert q
+    assert q[0].queued
+
+
+async def test_a_cancelled_waiter_not_yet_taken_off_is_skipped() -> None:
+    """A waiter whose future was cancelled before its task could leave is never served."""
+    q = queue()
+    a, b = waiter(0.0), waiter(0.0)
+    q.push(a, 0.0)
+    q.push(b, 0.0)
+    a.fut.cancel()
+    assert q.take(0.001) is b
+    assert not q
+    assert q.live == 0
+    assert not q.discard(a, 0.001)
+
+
+async def test_take_all_and_fail_in_batches_wake_at_most_a_batch_per_iteration() -> None:
+    """Failing every waiter hands out BATCH failures per loop turn, not all of them at once."""
+    q = queue()
+    ws = [waiter(0.0) for _ in range(BATCH * 3 + 5)]
+    for w in ws:
+        q.push(w, 0.0)
+    taken = q.take_all(0.0)
+    assert len(taken) == len(ws)
+    assert not q
+    assert q.live == 0
+    assert q.next_due() == float("inf")
+    fail_in_batches(asyncio.get_running_loop(), taken, RuntimeError("closing"))
+    assert sum(w.fut.done() for w in ws) == BATCH
+    await asyncio.sleep(0)
+    assert sum(w.fut.done() for w in ws) == 2 * BATCH
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert all(w.fut.done() for w in ws)
+    for w in ws:
+        assert isinstance(w.fut.exception(), RuntimeError)
+
+
+async def test_drain_rate_is_measured_from_hand_offs() -> None:
+    """The rate is what was served per second while callers queued."""
+    q = queue(adaptive=False)
+    assert q.drain_rate(0.0) == 0.0
+    now = 0.0
+    for _ in range(100):  # 100 served a second for 2 s, a queue always standing
+        q.push(waiter(now), now)
+        now += 0.01
+        assert q.take(now) is not None
+    assert 90 <= q.drain_rate(now) <= 110
+
+
+async def test_sojourn_of_served_waiters_is_recorded() -> None:
+    """The sojourn histogram holds the time each served waiter spent queued."""
+    q = queue()
+    q.push(waiter(0.0), 0.0)
+    q.take(0.003)
+    snap = q.sojourn.snapshot()
+    assert snap.count == 1
+    assert abs(snap.sum - 0.003) < 1e-9

@@ -17,9 +17,11 @@ __all__ = ["require_fastapi"]
 
 @functools.cache
 def require_fastapi() -> None:
-    """Raise ConfigError unless the installed FastAPI has ``Depends(scope=...)`` (FastAPI >= 0.121)."""
-    import fastapi
-
+    """Raise ConfigError unless FastAPI is installed and has ``Depends(scope=...)`` (FastAPI >= 0.121)."""
+    try:
+        import fastapi
+    except ImportError:
+        raise ConfigError("poolwarden needs FastAPI for this: pip install 'poolwarden[fastapi]'") from None
     if "scope" not in inspect.signature(fastapi.Depends).parameters:
         raise ConfigError(
             f"poolwarden needs FastAPI >= 0.121 for Depends(scope=...), found FastAPI {fastapi.__version__}: "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from poolwarden._requires import require_fastapi
 from poolwarden.errors import BackendDown, PoolClosed, PoolOverloaded, PoolTimeout, Unavailable
 from poolwarden.handle import unwrap
 from poolwarden.observe import health as _health
@@ -22,6 +23,8 @@ from poolwarden.observe.leaks import current_route
 
 if TYPE_CHECKING:
     from poolwarden.warden import Resource, Warden
+
+require_fastapi()  # a FastAPI without Depends(scope=...) fails here, at declaration, naming the fix
 
 __all__ = ["dependency", "install", "problem_response"]
 

@@ -180,11 +180,10 @@ class Client(Generic[T]):
     def depends(self) -> Any:
         """A FastAPI ``Depends`` yielding the driver client; a disconnect error raised by the endpoint
         makes the health check run at once."""
-        from fastapi import Depends  # FastAPI is imported only by those who use it
-
         from poolwarden._requires import require_fastapi
 
-        require_fastapi()
+        require_fastapi()  # FastAPI is imported only by those who use it, and must be recent enough
+        from fastapi import Depends
 
         async def use() -> AsyncIterator[T]:
             client = self.get()

@@ -30,6 +30,11 @@ def create(dsn: DSN, config: ClientConfig) -> SqlAlchemyDriver:
     return SqlAlchemyDriver(dsn, config)
 
 
+# SQLAlchemy's async driver names -> the poolwarden extra that installs the driver
+_EXTRAS = {"asyncpg": "postgres", "psycopg_async": "psycopg", "psycopg": "psycopg", "aiosqlite": "sqlite",
+           "asyncmy": "mysql"}
+
+
 class SqlAlchemyDriver:
     """Makes, pings and disposes a ``sqlalchemy.ext.asyncio.AsyncEngine``."""
 
@@ -48,8 +53,9 @@ class SqlAlchemyDriver:
         try:
             dialect.import_dbapi()
         except ImportError as exc:
-            raise ConfigError(f"the {dialect.driver} driver for SQLAlchemy is not installed "
-                              f"({exc.name or 'import failed'})") from None
+            extra = _EXTRAS.get(dialect.driver)
+            fix = f"pip install 'poolwarden[sqlalchemy,{extra}]'" if extra else (exc.name or "import failed")
+            raise ConfigError(f"the {dialect.driver} driver for SQLAlchemy is not installed: {fix}") from None
 
     def __repr__(self) -> str:
         return "<SqlAlchemyDriver>"

@@ -22,7 +22,7 @@ from poolwarden.handle import unwrap
 from poolwarden.observe.leaks import LeaseInfo
 from poolwarden.observe.stats import HistogramSnapshot, PoolStats
 from poolwarden.pool import Pool
-from poolwarden.warden import Resource, Warden
+from poolwarden.warden import Override, Resource, Warden
 
 __all__ = [
     "DSN",
@@ -35,6 +35,7 @@ __all__ = [
     "HistogramSnapshot",
     "LeaseEnded",
     "LeaseInfo",
+    "Override",
     "Pool",
     "PoolClosed",
     "PoolConfig",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from poolwarden.clients import Client, ClientConfig, driver_for
 from poolwarden.clients.base import ClientDriver
@@ -23,43 +22,109 @@ from poolwarden.observe.stats import PoolStats
 from poolwarden.pool import Pool
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import FastAPI, params
 
-__all__ = ["Resource", "Warden"]
+__all__ = ["Override", "Resource", "Warden"]
 
 C = TypeVar("C")
 Release = Literal["endpoint", "response"]
 
 
 class Resource(Pool[C]):
-    """A pool declared on a :class:`Warden`: a :class:`Pool` plus ready FastAPI dependencies."""
+    """A pool declared on a :class:`Warden`: a :class:`Pool` plus ready FastAPI dependencies.
+
+    Each dependency is one object for the life of the resource (``db.depends(...)`` with the same
+    arguments returns the same one), so it is a stable key for ``app.dependency_overrides``; the
+    documented way to replace them in tests is :meth:`override`.
+    """
 
     def __init__(self, name: str, connector: Connector[C], config: PoolConfig, dsn: DSN | None) -> None:
         secrets = Secrets((*(dsn.secrets.values if dsn else ()), *config.secrets))
         super().__init__(name, connector, config, secrets=secrets)
         self.dsn = dsn  # str() and repr() of a DSN are redacted
+        self._depends: dict[tuple[Release, bool], params.Depends] = {}
+        self._before_close: list[Callable[[], Awaitable[None]]] = []
 
-    @cached_property
-    def connection(self) -> Any:
-        """``Depends`` lending a connection, released as soon as the endpoint returns."""
+    @property
+    def connection(self) -> params.Depends:
+        """``Depends`` lending a connection, released as soon as the endpoint returns:
+        ``Annotated[asyncpg.Connection, db.connection]``."""
         return self.depends()
 
-    @cached_property
-    def transaction(self) -> Any:
+    @property
+    def transaction(self) -> params.Depends:
         """``Depends`` lending a connection inside a transaction: commit on success, roll back on
         any exception (``HTTPException`` included); released when the endpoint returns."""
         return self.depends(transaction=True)
 
-    def depends(self, *, release: Release = "endpoint", transaction: bool = False) -> Any:
-        """A FastAPI ``Depends`` for this pool.
+    def depends(self, *, release: Release = "endpoint", transaction: bool = False) -> params.Depends:
+        """A FastAPI ``Depends`` for this pool; the same object for the same arguments.
 
         ``release="endpoint"`` (the default) gives the connection back when the endpoint returns,
         before the response is sent; ``release="response"`` keeps it until the response has been
-        sent, for a streaming body that reads from it.
+        sent, for a streaming body that reads from it. Raises ConfigError for another ``release``.
         """
-        from poolwarden.fastapi import dependency  # FastAPI is imported only by those who use it
+        key = (release, transaction)
+        dep = self._depends.get(key)
+        if dep is None:
+            from poolwarden.fastapi import dependency  # FastAPI is imported only by those who use it
 
-        return dependency(self, release=release, transaction=transaction)
+            dep = self._depends[key] = dependency(self, release=release, transaction=transaction)
+        return dep
+
+    def override(self, app: FastAPI, connection: Callable[..., Any],
+                 transaction: Callable[..., Any] | None = None) -> Override:
+        """Make every dependency of this pool lend from ``connection`` in ``app``, for tests.
+
+        ``connection`` is a FastAPI dependency (a function or generator that may take ``Request``
+        and other dependencies) returning the object to lend. It replaces :attr:`connection`,
+        :attr:`transaction`, every :meth:`depends` variant and the app-bound
+        ``poolwarden.fastapi.connection(name)`` family; the transaction variants use
+        ``transaction`` instead when given. Returns an :class:`Override`: ``undo()`` it, or use it
+        as a context manager, to restore what was there. ``poolwarden.testing`` builds on it.
+        """
+        from poolwarden.fastapi import named_dependencies
+
+        keys: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
+        for release in ("endpoint", "response"):
+            for tx in (False, True):
+                provider = transaction if tx and transaction is not None else connection
+                own = self.depends(release=release, transaction=tx).dependency
+                named = named_dependencies(self.name, release=release, transaction=tx).dependency
+                assert own is not None
+                assert named is not None
+                keys += [(own, provider), (named, provider)]
+        return Override(app, keys)
+
+    async def close(self) -> list[LeaseInfo]:
+        # what must give its connection back before the drain starts (a test's rollback lease)
+        for hook in list(self._before_close):
+            await hook()
+        return await super().close()
+
+
+class Override:
+    """Dependency overrides set by :meth:`Resource.override`; undone by ``undo()`` or ``with``."""
+
+    def __init__(self, app: FastAPI, keys: list[tuple[Callable[..., Any], Callable[..., Any]]]) -> None:
+        self._overrides: dict[Callable[..., Any], Callable[..., Any]] = app.dependency_overrides
+        self._before = {key: self._overrides.get(key) for key, _ in keys}
+        for key, provider in keys:
+            self._overrides[key] = provider
+
+    def undo(self) -> None:
+        """Restore the overrides that were there before (usually none)."""
+        for key, before in self._before.items():
+            if before is None:
+                self._overrides.pop(key, None)
+            else:
+                self._overrides[key] = before
+
+    def __enter__(self) -> Override:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
 
 
 class Warden:
@@ -72,13 +137,28 @@ class Warden:
         self._listeners: list[PoolListener] = []
         self.draining = False
 
-    def pool(self, name: str, url: str | None = None, *, connector: Connector[Any] | None = None,
-             **settings: Any) -> Resource[Any]:
+    @overload
+    def pool(self, name: str, url: str | None = None, *, connection_class: type[C],
+             connector: Connector[C] | None = None, **settings: Any) -> Resource[C]: ...
+
+    @overload
+    def pool(self, name: str, url: str | None = None, *, connector: Connector[C],
+             **settings: Any) -> Resource[C]: ...
+
+    @overload
+    def pool(self, name: str, url: str | None = None, **settings: Any) -> Resource[Any]: ...
+
+    def pool(self, name: str, url: str | None = None, *, connection_class: type[Any] | None = None,
+             connector: Connector[Any] | None = None, **settings: Any) -> Resource[Any]:
         """Declare a connection pool; validates now (raising ConfigError), connects at start-up.
 
         ``url`` may come from ``POOLWARDEN_<NAME>_URL``; the scheme picks the driver (postgresql://,
         postgresql+psycopg://, mysql://, mariadb://, sqlite:///). Settings are PoolConfig keywords,
         also read from ``POOLWARDEN_<NAME>_<SETTING>``. Pass ``connector`` to bring your own backend.
+
+        ``connection_class`` types the pool for mypy and pyright (``Resource[asyncpg.Connection]``);
+        it must be the driver's connection class or a base of it, or ConfigError says which class
+        the URL's driver lends. Without it (and without ``connector``) the pool is ``Resource[Any]``.
         """
         check_resource_name(name)
         if name in self._declared:
@@ -94,6 +174,11 @@ class Warden:
             connector = connector_for(dsn, config)
         elif url is not None:
             dsn = DSN(url)
+        if connection_class is not None and not _lends(connector, connection_class):
+            raise ConfigError(
+                f"pool {name!r} lends {_qualname(connector.connection_class)} (driver "
+                f"{connector.driver}), not {_qualname(connection_class)}: pass connection_class="
+                f"{_qualname(connector.connection_class)} or a base of it")
         resource: Resource[Any] = Resource(name, connector, config, dsn)
         for listener in self._listeners:
             resource.add_listener(listener)
@@ -228,10 +313,33 @@ class Warden:
         """A snapshot of every resource, keyed by name."""
         return {name: r.stats() for name, r in self._declared.items()}
 
-    def install(self, app: FastAPI, *, health: bool = True, metrics: bool | None = None, stats: bool = True,
-                prefix: str = "") -> None:
-        """Add the 503 handlers and, each optional, ``/livez``, ``/readyz``, ``/metrics`` and
-        ``/poolwarden/stats`` (the JSON that ``poolwarden top`` reads)."""
+    def install(self, app: FastAPI, *, health: bool = True, metrics: bool | None = None,
+                stats: bool | None = None, prefix: str = "",
+                dependencies: Sequence[params.Depends] | None = None,
+                tags: Sequence[str] = ("poolwarden",), include_in_schema: bool = False) -> None:
+        """Bind this warden to ``app`` and add the 503 handlers and the operator routes.
+
+        ``/livez`` (never touches a backend) and ``/readyz`` are always open: probes send no
+        credentials. ``/metrics`` is added when prometheus_client is installed (``metrics``), unless
+        the app serves ``/metrics`` already: then the pools join prometheus_client's default registry,
+        which that endpoint exposes. ``/poolwarden/stats`` and ``/poolwarden/health`` (verbose
+        readiness, with last errors) are internals: served only behind ``dependencies`` (FastAPI
+        dependencies that authenticate the caller), or to anyone with ``stats=True`` (for an app on
+        a private port; ``/readyz?verbose`` then works too); ``stats=False`` never serves them.
+        Every route carries ``tags`` and a fixed operation id (``poolwarden_livez``...), and none is
+        added on a path the app already serves. Binding lets ``poolwarden.fastapi.connection(name)``
+        lend from this warden's pools in this app.
+        """
         from poolwarden.fastapi import install
 
-        install(self, app, health=health, metrics=metrics, stats=stats, prefix=prefix)
+        install(self, app, health=health, metrics=metrics, stats=stats, prefix=prefix,
+                dependencies=dependencies, tags=tags, include_in_schema=include_in_schema)
+
+
+def _lends(connector: Connector[Any], connection_class: type[Any]) -> bool:
+    lent = getattr(connector, "connection_class", None)
+    return isinstance(lent, type) and issubclass(lent, connection_class)
+
+
+def _qualname(cls: type[Any]) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -19,6 +19,7 @@ PUBLIC = [
     "HistogramSnapshot",
     "LeaseEnded",
     "LeaseInfo",
+    "Override",
     "Pool",
     "PoolClosed",
     "PoolConfig",

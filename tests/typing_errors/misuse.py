@@ -1,0 +1,20 @@
+"""Misuses that mypy --strict and pyright must both reject: each line ending in ``# E`` is an error,
+and no other line is. Run by tests/unit/test_typing.py, not by pytest or the plain mypy run."""
+
+from __future__ import annotations
+
+import aiosqlite
+import psycopg
+from psycopg.rows import TupleRow
+
+from poolwarden import Resource, Warden
+
+warden = Warden()
+lite = warden.pool("lite", "sqlite:///:memory:", connection_class=aiosqlite.Connection)
+wrong: Resource[psycopg.AsyncConnection[TupleRow]] = lite  # E
+lite.depends(release="later")  # E
+
+
+async def use() -> None:
+    async with lite.acquire() as conn:
+        await conn.fetchval("SELECT 1")  # E

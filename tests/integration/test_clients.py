@@ -333,7 +333,7 @@ async def test_sqlalchemy_engine_client_opens_pings_and_disposes(postgres_url: s
     ("ftp://h/", {}, "unsupported client URL scheme 'ftp'"),
     ("redis://h/0", {"kind": "http"}, "a http client needs a http:// or https:// URL"),
     ("redis://h/0", {"kind": "memcached"}, "kind='memcached'"),
-    ("postgresql://u:pw@h/db", {"kind": "sqlalchemy"}, "needs an async driver"),
+    ("postgresql+psycopg2://u:pw@h/db", {"kind": "sqlalchemy"}, "needs an async driver"),
 ], ids=["startup", "health_interval", "failure_threshold", "pool-setting", "health_path-redis",
         "health_path-relative", "option", "scheme", "kind-mismatch", "kind-unknown", "sqlalchemy-sync"])
 def test_bad_declarations_raise_config_error_naming_key_and_value(url: str, settings: dict[str, Any],

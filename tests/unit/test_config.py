@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from poolwarden import DSN, ConfigError, PoolConfig
-from poolwarden.config import Secrets
+from poolwarden.config import Secrets, public_error
 
 
 def config_error(**settings: Any) -> str:
@@ -24,7 +24,7 @@ def config_error(**settings: Any) -> str:
 def test_defaults_are_valid() -> None:
     """The documented defaults build a config without complaint."""
     cfg = PoolConfig()
-    assert (cfg.min_size, cfg.max_size, cfg.acquire_timeout, cfg.max_waiting) == (1, 10, 10.0, 0)
+    assert (cfg.min_size, cfg.max_size, cfg.acquire_timeout, cfg.max_waiting) == (1, 10, 10.0, None)
     assert (cfg.startup, cfg.reset, cfg.leak_threshold) == ("wait", "default", None)
 
 
@@ -127,8 +127,9 @@ def test_keyword_arguments_beat_the_environment() -> None:
 
 
 def test_bad_environment_value_names_the_variable_value() -> None:
-    """An unparsable environment value is a ConfigError naming the setting and the raw text."""
-    with pytest.raises(ConfigError, match=re.escape("max_size must be an integer (got max_size='lots' from")):
+    """An unparsable environment value is a ConfigError naming the setting, the variable and the raw text."""
+    with pytest.raises(ConfigError, match=re.escape(
+            "max_size must be an integer written in ASCII digits (got POOLWARDEN_DB_MAX_SIZE='lots')")):
         PoolConfig.from_settings("db", {}, environ={"POOLWARDEN_DB_MAX_SIZE": "lots"})
     with pytest.raises(ConfigError, match="optional must be a bool"):
         PoolConfig.from_settings("db", {}, environ={"POOLWARDEN_DB_OPTIONAL": "maybe"})
@@ -136,14 +137,15 @@ def test_bad_environment_value_names_the_variable_value() -> None:
 
 def test_environment_values_are_validated_too() -> None:
     """Values from the environment pass the same validation as keywords."""
-    message = "max_size must be >= min_size (got max_size=1, min_size=2)"
+    message = ("max_size must be >= min_size (got max_size=1, min_size=2) "
+               "(from the environment: POOLWARDEN_DB_MAX_SIZE)")
     with pytest.raises(ConfigError, match=re.escape(message)):
         PoolConfig.from_settings("db", {"min_size": 2}, environ={"POOLWARDEN_DB_MAX_SIZE": "1"})
 
 
 # -- DSN and secrets -----------------------------------------------------------------------------
 
-URL = "postgresql://app:s%40cr3t-pw@db.internal:5433/appdb?sslmode=require&password=q2-token"
+URL = "postgresql://app:s%40cr3t-pw@db.internal:5433/appdb?sslmode=require&sslpassword=q2-token"
 
 
 def test_dsn_parses_its_parts() -> None:
@@ -166,6 +168,7 @@ def test_dsn_str_and_repr_hide_the_password_and_secret_query_values() -> None:
         assert "password=***" in text
         assert "sslmode=require" in text
     assert dsn.reveal() == URL
+    assert dsn.url() == "postgresql://db.internal:5433/appdb?sslmode=require&sslpassword=q2-token"
 
 
 def test_dsn_secrets_hold_decoded_values_and_do_not_show_in_repr() -> None:
@@ -184,22 +187,180 @@ def test_dsn_without_password_is_unchanged() -> None:
 @pytest.mark.parametrize("url", ["postgres//app:pw-xyz@host/db", "postgresql:/app:pw-xyz@host/db", 42])
 def test_malformed_url_error_does_not_show_the_password(url: Any) -> None:
     """A URL refused as malformed is quoted in the error with its password hidden."""
-    with pytest.raises(ConfigError, match="url must look like") as info:
+    with pytest.raises(ConfigError, match="url must (look like|be a string)") as info:
         DSN(url)
     assert "pw-xyz" not in str(info.value)
 
 
-def test_secrets_scrub_removes_raw_and_url_encoded_values() -> None:
-    """scrub() replaces each secret, plain or percent-encoded, with ***."""
-    secrets = Secrets(("s@cr3t", "tok"))
-    text = "auth failed for s@cr3t (s%40cr3t) using tok"
-    assert secrets.scrub(text) == "auth failed for *** (***) using ***"
+def test_secrets_scrub_withholds_a_text_showing_a_secret_in_any_encoding() -> None:
+    """scrub() never stars parts of a text (an oracle): a text showing a secret is withheld whole."""
+    secrets = Secrets(("s@cr3t-long-enough",))
+    withheld = "(text withheld: it may contain a secret)"
+    assert secrets.scrub("auth failed for s@cr3t-long-enough") == withheld
+    assert secrets.scrub("auth failed for s%40cr3t-long-enough") == withheld
+    assert secrets.scrub("auth failed for S@CR3T-LONG-ENOUGH") == withheld
+    assert secrets.scrub("connection refused") == "connection refused"
     assert Secrets(("",)).scrub("unchanged") == "unchanged"
+
+
+@pytest.mark.parametrize("short", ["a", "on", "ion", "tion", "Error", "user", "s3cret7"])
+def test_a_short_secret_withholds_every_text(short: str) -> None:
+    """Whether a short password occurs in a text would tell something about it: every text is withheld."""
+    secrets = Secrets((short,))
+    assert secrets.scrub("zzz") == secrets.scrub("OperationalError: user") != "zzz"
 
 
 def test_secret_options_are_secrets_and_hidden_from_repr() -> None:
     """Options whose key names a secret are scrubbable and never appear in the config's repr."""
-    cfg = PoolConfig(options={"password": "opt-pw", "api_token": "tk-1", "application_name": "svc"})
-    assert set(cfg.secrets) == {"opt-pw", "tk-1"}
+    cfg = PoolConfig(options={"password": "opt-pw", "api_token": "tk-1", "application_name": "svc",
+                              "auth": ("user", "auth-pw"), "headers": {"Authorization": "Bearer b-1"}})
+    assert set(cfg.secrets) == {"opt-pw", "tk-1", "user", "auth-pw", "Bearer b-1"}
     assert "opt-pw" not in repr(cfg)
     assert "tk-1" not in repr(cfg)
+
+
+# -- credentials: any character, encoded or not ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "user", "password", "host", "database"),
+    [
+        ("postgresql://u:p#ss?w/rd@db:5432/app", "u", "p#ss?w/rd", "db", "app"),
+        ("postgresql://u:p%23ss%3Fw%2Frd@db:5432/app", "u", "p#ss?w/rd", "db", "app"),
+        ("postgresql://u:a@b@c@db/app", "u", "a@b@c", "db", "app"),
+        ("postgresql://u:a:b:c@db/app", "u", "a:b:c", "db", "app"),
+        ("postgresql://u:%@db/app", "u", "%", "db", "app"),
+        ("postgresql://user@srv:pw@db/app", "user@srv", "pw", "db", "app"),
+        ("postgresql://u:@db/app", "u", "", "db", "app"),
+        ("postgresql://u:p w\"'@[::1]:5433/app", "u", "p w\"'", "::1", "app"),
+        ("postgresql://db/app?user=u&password=p%26w", "u", "p&w", "db", "app"),
+        ("postgresql://db/app?user=u&password=a#b?c", "u", "a#b?c", "db", "app"),
+        ("postgresql://db:5432/app?user=me@corp", "me@corp", None, "db", "app"),
+        ("mysql://root:@/x@127.0.0.1:3306/test", "root", "@/x", "127.0.0.1", "test"),
+        ("redis://:pw#1@localhost:6379/0", None, "pw#1", "localhost", "0"),
+    ],
+)
+def test_credentials_are_parsed_whatever_they_hold(url: str, user: str | None, password: str | None,
+                                                    host: str, database: str) -> None:
+    """User and password come out decoded, special characters encoded or not, from the user info or the
+    query; the URL a driver gets holds neither, and the redacted one shows no part of the password."""
+    dsn = DSN(url)
+    assert (dsn.username, dsn.password, dsn.host, dsn.database) == (user, password, host, database)
+    if password:
+        assert password not in dsn.url()
+        assert password not in str(dsn).replace("***", "")
+        assert password not in repr(dsn).replace("***", "")
+    assert "user=" not in dsn.url()
+    assert "password=" not in dsn.url()
+
+
+def test_password_given_twice_is_refused_without_showing_it() -> None:
+    """A password both in the user info and in ?password= is ambiguous: refused, neither value shown."""
+    with pytest.raises(ConfigError, match="password twice") as info:
+        DSN("postgresql://u:first-pw@db/app?password=second-pw")
+    assert "first-pw" not in str(info.value)
+    assert "second-pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql://db:99999/app", "postgresql://u:pw@db:abc/app",
+                                 "postgresql://db:0/app", "redis://h:-1"])
+def test_bad_port_is_a_config_error_naming_it(url: str) -> None:
+    """A port that is not 1-65535 is a ConfigError naming the port and the redacted URL."""
+    with pytest.raises(ConfigError, match=r"bad port: it must be 1-65535 \(got port=") as info:
+        DSN(url)
+    assert "pw" not in str(info.value).replace("***", "")
+
+
+def test_public_error_is_the_class_and_sqlstate_only() -> None:
+    """What public bodies show of a driver error: its class and SQLSTATE (or MySQL number), no text."""
+
+    class InvalidPasswordError(Exception):
+        sqlstate = "28P01"
+
+    exc = InvalidPasswordError('password authentication failed for user "app"')
+    assert public_error(exc) == "InvalidPasswordError (SQLSTATE 28P01)"
+    assert public_error(ConnectionRefusedError(111, "refused 10.0.0.7")) == "ConnectionRefusedError"
+    long = Secrets(("a-long-secret-value",))
+    assert long.describe(exc) == ('InvalidPasswordError (SQLSTATE 28P01): password authentication '
+                                  'failed for user "app"')
+    assert Secrets(("app",)).describe(exc) == ("InvalidPasswordError (SQLSTATE 28P01): (message "
+                                               "withheld: it may contain a secret)")
+
+
+# -- config never guesses --------------------------------------------------------------------------
+
+
+def env_error(env: dict[str, str], resource: str = "db") -> str:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_settings(resource, {}, environ=env)
+    return str(info.value)
+
+
+def test_misspelt_variable_names_the_closest_setting() -> None:
+    """POOLWARDEN_DB_MAX_SZIE is refused, naming the variable, its value and the closest setting."""
+    message = env_error({"POOLWARDEN_DB_MAX_SZIE": "5"})
+    assert message == ("POOLWARDEN_DB_MAX_SZIE names no setting of 'db' (got POOLWARDEN_DB_MAX_SZIE='5'); "
+                       "did you mean POOLWARDEN_DB_MAX_SIZE?")
+
+
+def test_variables_of_a_longer_resource_name_and_the_url_are_not_typos() -> None:
+    """POOLWARDEN_DB_REPLICA_MAX_SIZE belongs to "db_replica", POOLWARDEN_DB_URL is the URL."""
+    env = {"POOLWARDEN_DB_REPLICA_MAX_SIZE": "3", "POOLWARDEN_DB_URL": "sqlite://",
+           "POOLWARDEN_DB_MAX_SIZE": "4"}
+    assert PoolConfig.from_settings("db", {}, environ=env).max_size == 4
+    assert PoolConfig.from_settings("db_replica", {}, environ=env).max_size == 3
+
+
+def test_misspelt_keyword_names_the_closest_setting() -> None:
+    """A misspelt keyword is refused with the closest setting."""
+    message = r"unknown setting 'max_sise' for resource 'db'; did you mean 'max_size'\?"
+    with pytest.raises(ConfigError, match=message):
+        PoolConfig.from_settings("db", {"max_sise": 2}, environ={})
+
+
+@pytest.mark.parametrize("name", ["MAX_IDLE", "MAX_SIZE", "STARTUP", "OPTIONAL"])
+def test_empty_variable_is_an_error_not_off(name: str) -> None:
+    """An empty variable is refused (it used to switch max_idle off), naming it."""
+    assert env_error({f"POOLWARDEN_DB_{name}": " "}).startswith(f"POOLWARDEN_DB_{name} is empty")
+
+
+@pytest.mark.parametrize("raw", ["\u0663", "\uff15", "1_000", "inf", "nan", "1e", "0x10", "5s", "\u00b2"])
+def test_only_ascii_digits_are_numbers(raw: str) -> None:
+    """Arabic-Indic and fullwidth digits, underscores, inf/nan and units are not numbers."""
+    assert f"(got POOLWARDEN_DB_MAX_SIZE={raw!r})" in env_error({"POOLWARDEN_DB_MAX_SIZE": raw})
+    assert f"(got POOLWARDEN_DB_ACQUIRE_TIMEOUT={raw!r})" in env_error({"POOLWARDEN_DB_ACQUIRE_TIMEOUT": raw})
+
+
+def test_off_switches_off_only_what_can_be_off() -> None:
+    """'off' turns an optional duration off; for a required one it is an error naming the variable."""
+    assert PoolConfig.from_settings("db", {}, environ={"POOLWARDEN_DB_MAX_IDLE": "off"}).max_idle is None
+    assert "POOLWARDEN_DB_ACQUIRE_TIMEOUT='off'" in env_error({"POOLWARDEN_DB_ACQUIRE_TIMEOUT": "off"})
+
+
+def test_backoff_initial_zero_is_refused() -> None:
+    """backoff_initial=0 would reconnect to a dead backend in a busy loop."""
+    assert config_error(backoff_initial=0) == (
+        "backoff_initial must be a positive number of seconds (got backoff_initial=0)")
+
+
+@pytest.mark.parametrize("value", [1e300, 10**400, 400 * 24 * 3600])
+def test_huge_seconds_are_a_config_error_not_an_overflow(value: float) -> None:
+    """A duration beyond a year is refused at declaration (later it overflows timers and sockets)."""
+    assert "acquire_timeout must be" in config_error(acquire_timeout=value)
+    assert "from the environment: POOLWARDEN_DB_MAX_LIFETIME" in env_error(
+        {"POOLWARDEN_DB_MAX_LIFETIME": "1e300"})
+
+
+def test_settings_typed_dicts_match_the_configs() -> None:
+    """Every config field is a typed keyword of the same type (add new settings to poolwarden.settings)."""
+    import typing
+
+    from poolwarden.clients import ClientConfig
+    from poolwarden.settings import ClientSettings, PoolSettings
+
+    for config, settings in ((PoolConfig, PoolSettings), (ClientConfig, ClientSettings)):
+        fields = typing.get_type_hints(config)
+        keys = typing.get_type_hints(settings)
+        assert set(keys) == {f.name for f in dataclasses.fields(config)}, f"{settings.__name__} out of step"
+        for key, kind in keys.items():
+            assert kind == fields[key], key

@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from poolwarden.config import PoolConfig, Startup, env_settings
+from poolwarden.config import PoolConfig, Startup, build
 from poolwarden.errors import ConfigError
 
 __all__ = ["ClientConfig"]
 
 _POOL_ONLY = frozenset(f.name for f in dataclasses.fields(PoolConfig)) - {
     "startup", "startup_timeout", "optional", "connect_timeout", "failure_threshold", "backoff_initial",
-    "backoff_max", "options"}
+    "backoff_max", "probe_interval", "options"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +32,7 @@ class ClientConfig:
     health_interval: float | None = 10.0
     health_path: str | None = None
     failure_threshold: int = 5
+    probe_interval: float = 0.25
     backoff_initial: float = 0.1
     backoff_max: float = 10.0
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
@@ -51,6 +52,7 @@ class ClientConfig:
     def _shared(self) -> PoolConfig:
         return PoolConfig(startup=self.startup, startup_timeout=self.startup_timeout, optional=self.optional,
                           connect_timeout=self.connect_timeout, failure_threshold=self.failure_threshold,
+                          probe_interval=self.probe_interval,
                           backoff_initial=self.backoff_initial, backoff_max=self.backoff_max,
                           options=self.options)
 
@@ -63,13 +65,7 @@ class ClientConfig:
     def from_settings(cls, resource: str, settings: Mapping[str, Any],
                       environ: Mapping[str, str] | None = None) -> ClientConfig:
         """Keyword settings, then ``POOLWARDEN_<RESOURCE>_<SETTING>`` variables, then the defaults."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        for key in settings:
-            if key in _POOL_ONLY:
-                raise ConfigError(f"setting {key!r} is for pools, not for client {resource!r}: the driver "
-                                  "pools its own connections (pass its own limits in options=)")
-            if key not in known:
-                raise ConfigError(f"unknown setting {key!r} for client {resource!r}")
-        values = env_settings(cls, resource, environ, text=frozenset({"health_path"}))
-        values.update(settings)
-        return cls(**values)
+        misplaced = {key: "is for pools, not for clients: the driver pools its own connections (pass "
+                     "its own limits in options=)" for key in _POOL_ONLY}
+        config: ClientConfig = build(cls, resource, "client", settings, environ, misplaced)
+        return config

@@ -17,6 +17,7 @@ from poolwarden.clients.base import Occupancy
 from poolwarden.clients.config import ClientConfig
 from poolwarden.config import DSN
 from poolwarden.connectors._shared import check_options
+from poolwarden.errors import ConfigError
 
 __all__ = ["HttpDriver", "create"]
 
@@ -37,7 +38,13 @@ class HttpDriver:
         allowed = set(inspect.signature(httpx.AsyncClient.__init__).parameters) - _OWN_OPTIONS
         self._options = check_options(self.driver, config.options, allowed)
         self._options.setdefault("timeout", httpx.Timeout(5.0, connect=config.connect_timeout))
-        self._url = dsn.reveal()
+        if dsn.username is not None or dsn.password is not None:
+            # As httpx.BasicAuth, not in the base URL: httpx logs every request's URL at INFO.
+            if "auth" in self._options:
+                raise ConfigError("the http client's credentials are given twice, in the URL and in "
+                                  "options={'auth': ...}: give them once")
+            self._options["auth"] = httpx.BasicAuth(dsn.username or "", dsn.password or "")
+        self._url = dsn.url()
         self._path = config.health_path
         self.pings = self._path is not None
 

@@ -38,7 +38,8 @@ class RedisDriver:
         allowed = set(inspect.signature(aioredis.Redis.__init__).parameters) - _OWN_OPTIONS
         self._options = check_options(self.driver, config.options, allowed)
         self._options.setdefault("socket_connect_timeout", config.connect_timeout)
-        self._url = dsn.reveal()
+        self._options.update(dsn.credentials(self._options, user_key="username"))
+        self._url = dsn.url()  # no credentials: they go as parameters, which the URL's cannot override
 
     def __repr__(self) -> str:
         return "<RedisDriver>"

@@ -41,12 +41,17 @@ class SqlAlchemyDriver:
     driver = "sqlalchemy"
 
     def __init__(self, dsn: DSN, config: ClientConfig) -> None:
-        self._url = dsn.reveal()
         self._options = dict(config.options)
+        error: str | None = None
         try:
-            dialect: Any = make_url(self._url).get_dialect()
+            # a URL object with the password set apart: SQLAlchemy renders it as *** in reprs and logs
+            self._url = make_url(dsn.url()).set(username=dsn.username, password=dsn.password)
+            # the async variant of a dialect that has one (postgresql+psycopg -> psycopg_async)
+            dialect: Any = self._url.get_dialect(_is_async=True)
         except Exception as exc:  # its message may quote the URL: name the type and the safe URL only
-            raise ConfigError(f"SQLAlchemy cannot load a dialect for {dsn} ({type(exc).__name__})") from None
+            error = f"SQLAlchemy cannot load a dialect for {dsn} ({type(exc).__name__})"
+        if error is not None:
+            raise ConfigError(error)  # outside the except block: no driver text in the chain
         if not getattr(dialect, "is_async", False):
             raise ConfigError(f"kind='sqlalchemy' needs an async driver, e.g. postgresql+asyncpg:// "
                               f"(got {dsn.scheme}{'+' + dsn.driver if dsn.driver else ''}://)")

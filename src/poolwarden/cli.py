@@ -17,14 +17,13 @@ import importlib.util
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from poolwarden.config import DSN, PoolConfig, Secrets
 from poolwarden.errors import ConfigError
-from poolwarden.observe.stats import HistogramSnapshot
 
 __all__ = ["main"]
 
@@ -196,134 +195,58 @@ def _stats_url(url: str) -> str:
 
 
 def _top(args: argparse.Namespace) -> int:
+    """Draw ``poolwarden.observe.top`` frames; every byte from the service goes through its validation."""
+    from poolwarden.observe import top
+
     httpx = _need("httpx")
-    rich_console = _need("rich.console")
-    rich_live = _need("rich.live")
     url = _stats_url(args.url)
-    out = rich_console.Console()
-    err = rich_console.Console(stderr=True)
-    shown = DSN(url).redacted if "@" in url else url
+    shown = top.clean(DSN(url).redacted if "@" in url else url, 200)
+
+    def read(client: Any) -> top.Frame:
+        with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise top.Garbage(f"HTTP {response.status_code}")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > top.MAX_BODY:
+                    break
+        return top.parse(bytes(body))
+
+    def failure(exc: Exception) -> str:
+        reason = str(exc) if isinstance(exc, top.Garbage) else type(exc).__name__
+        return f"poolwarden top: cannot read {shown}: {reason}"
+
     with httpx.Client(timeout=max(args.interval, 2.0)) as client:
         try:
-            frame = _Frame.read(client, url)
+            frame = read(client)
         except Exception as exc:
-            err.print(f"poolwarden top: cannot read {shown}: {type(exc).__name__}: {exc}", markup=False)
+            print(top.clean(failure(exc), 300), file=sys.stderr)
             return 1
         if args.once:
-            out.print(frame.table(None, shown))
+            print("\n".join(top.render(frame, None, shown)))
             return 0
-        previous: _Frame | None = None
-        with rich_live.Live(frame.table(previous, shown), console=out, auto_refresh=False) as live:
+        rich_console = _need("rich.console")
+        rich_live = _need("rich.live")
+        rich_text = _need("rich.text")
+        out = rich_console.Console(markup=False, highlight=False, emoji=False)
+
+        def screen(lines: list[str]) -> Any:
+            return rich_text.Text("\n".join(lines), no_wrap=True, overflow="crop")  # Text: never markup
+
+        previous: Any = None
+        with rich_live.Live(screen(top.render(frame, None, shown)), console=out, auto_refresh=False) as live:
             try:
                 while True:
                     time.sleep(args.interval)
                     try:
-                        previous, frame = frame, _Frame.read(client, url)
-                        live.update(frame.table(previous, shown), refresh=True)
+                        previous, frame = frame, read(client)
+                        live.update(screen(top.render(frame, previous, shown)), refresh=True)
                     except Exception as exc:  # keep watching: the service may be restarting
-                        error = f"cannot read {shown}: {type(exc).__name__}: {exc}"
-                        live.update(frame.table(previous, shown, error=error), refresh=True)
+                        live.update(screen(top.render(frame, previous, shown, error=failure(exc))),
+                                    refresh=True)
             except KeyboardInterrupt:  # Ctrl-C is how one leaves top
                 return 0
-
-
-@dataclass
-class _Frame:
-    """One reading of ``/poolwarden/stats``, and how to draw it next to the previous one."""
-
-    at: float
-    pools: Mapping[str, Mapping[str, Any]]
-
-    @classmethod
-    def read(cls, client: Any, url: str) -> _Frame:
-        response = client.get(url)
-        response.raise_for_status()
-        pools = response.json()
-        if not isinstance(pools, dict):
-            raise ValueError("the answer is not a JSON object of pools")
-        return cls(time.monotonic(), pools)
-
-    def table(self, previous: _Frame | None, url: str, error: str | None = None) -> Any:
-        from rich import box
-        from rich.table import Table
-        from rich.text import Text
-
-        window = "over the last interval" if previous else "since start"
-        caption = (f"{url}\nbar: used, idle, connecting of max · queue: callers waiting · "
-                   f"acq/s and wait quantiles {window}")
-        table = Table(title="poolwarden top", caption=error or caption, box=box.SIMPLE_HEAD, padding=(0, 0),
-                      caption_style="red" if error else "dim")
-        table.add_column("pool", no_wrap=True)
-        table.add_column("state", no_wrap=True)
-        table.add_column("connections", no_wrap=True)
-        for column in ("size", "idle", "used", "conn", "queue", "max", "acq/s", "timeouts", "discards",
-                       "p50 wait", "p99 wait"):
-            table.add_column(column, justify="right", no_wrap=True)
-        for name, s in self.pools.items():
-            before = previous.pools.get(name) if previous else None
-            rate = "-"
-            wait = _histogram(s.get("wait_time"))
-            if before is not None and previous is not None:
-                elapsed = max(self.at - previous.at, 1e-9)
-                rate = f"{(int(s.get('acquired', 0)) - int(before.get('acquired', 0))) / elapsed:.1f}"
-                wait = _minus(wait, _histogram(before.get("wait_time")))
-            discarded = s.get("discarded") or {}
-            circuit = str(s.get("circuit", "?"))
-            state = Text(str(s.get("state", "?")))
-            state.append("\ncircuit " + circuit, style="bold red" if circuit == "open" else "dim")
-            table.add_row(
-                Text(name).append("\n" + str(s.get("driver", "?")), style="dim"), state,
-                _bar(int(s.get("in_use", 0)), int(s.get("idle", 0)), int(s.get("connecting", 0)),
-                     int(s.get("max_size", 0))),
-                *(str(s.get(k, "?")) for k in _NUMBERS),
-                rate, str(s.get("timeouts", 0)), str(sum(int(v) for v in discarded.values())),
-                _quantile(wait, 0.5), _quantile(wait, 0.99),
-            )
-        return table
-
-
-_NUMBERS = ("size", "idle", "in_use", "connecting", "waiting", "max_size")
-
-
-def _bar(used: int, idle: int, connecting: int, maximum: int, width: int = 12) -> Any:
-    from rich.text import Text
-
-    text = Text()
-    if maximum <= 0:
-        return text
-    cells = [round(width * n / maximum) for n in (used, idle, connecting)]
-    for n, style in zip(cells, ("yellow", "green", "blue"), strict=True):
-        text.append("█" * n, style=style)
-    text.append("░" * max(0, width - sum(cells)), style="dim")
-    return text
-
-
-def _histogram(data: Any) -> HistogramSnapshot | None:
-    if not isinstance(data, Mapping):
-        return None
-    try:
-        bounds = tuple(float(b) for b in data["bounds"])
-        counts = tuple(int(c) for c in data["counts"])
-        return HistogramSnapshot(bounds, counts, int(data["count"]), float(data["sum"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _minus(now: HistogramSnapshot | None, before: HistogramSnapshot | None) -> HistogramSnapshot | None:
-    """The observations made between two snapshots (those since start when they do not line up)."""
-    if now is None or before is None or now.bounds != before.bounds or now.count < before.count:
-        return now
-    return HistogramSnapshot(now.bounds, tuple(a - b for a, b in zip(now.counts, before.counts, strict=True)),
-                             now.count - before.count, now.sum - before.sum)
-
-
-def _quantile(h: HistogramSnapshot | None, q: float) -> str:
-    if h is None or not h.count:
-        return "-"
-    bound = h.quantile(q)
-    if bound == float("inf"):
-        return f">{h.bounds[-1]:g}s"
-    return f"≤{bound * 1000:g}ms" if bound < 1 else f"≤{bound:g}s"
 
 
 # -- demo -------------------------------------------------------------------------------------------

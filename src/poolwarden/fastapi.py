@@ -7,20 +7,30 @@ after the response is sent. No ``BaseHTTPMiddleware`` anywhere: it breaks cancel
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import Depends, FastAPI, Request, params
+from fastapi import Depends, FastAPI, HTTPException, Request, params
 from fastapi.responses import JSONResponse, Response
 
 from poolwarden._requires import require_fastapi
-from poolwarden.errors import BackendDown, ConfigError, PoolClosed, PoolOverloaded, PoolTimeout, Unavailable
+from poolwarden.errors import (
+    BackendDown,
+    BackendLost,
+    ConfigError,
+    LeaseEnded,
+    PoolClosed,
+    PoolOverloaded,
+    PoolTimeout,
+    Unavailable,
+)
 from poolwarden.handle import unwrap
 from poolwarden.observe import health as _health
 from poolwarden.observe.leaks import current_route

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from poolwarden.config import DSN
-from poolwarden.errors import ConfigError
+from poolwarden.errors import ConfigError, TransactionFailed
 
 
 def driver_url(dsn: DSN) -> str:
@@ -39,11 +39,23 @@ async def transaction_block(
     begin: Callable[[], Awaitable[object]],
     commit: Callable[[], Awaitable[object]],
     rollback: Callable[[], Awaitable[object]],
+    is_open: Callable[[], bool],
 ) -> AsyncIterator[None]:
-    """BEGIN, then COMMIT on a clean exit or ROLLBACK on any exception (cancellation included)."""
+    """BEGIN, then COMMIT on a clean exit or ROLLBACK on any exception (cancellation included).
+
+    Before the COMMIT, ``is_open`` must still say a transaction is open: the server may have ended it
+    under the block (MySQL rolls back the whole transaction on a deadlock and commits it implicitly
+    before DDL, SQLite rolls it back on some errors), after which the statements ran in autocommit
+    and a COMMIT would report a success that the transaction never had.
+    """
     await begin()
     try:
         yield
+        if not is_open():
+            raise TransactionFailed(
+                "the transaction ended before its COMMIT (the server rolled it back after an error "
+                "such as a deadlock, or committed it implicitly, e.g. before DDL); statements after "
+                "that point ran outside any transaction")
     except BaseException as exc:
         try:
             await rollback()

@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import inspect
 import re
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import asyncpg
+from asyncpg.connection import _ConnectionProxy
+from asyncpg.connresource import ConnectionResource
 
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors._shared import check_options, conflict, driver_url
 from poolwarden.connectors.base import ServerInfo
+from poolwarden.errors import TransactionFailed
+from poolwarden.handle import register_driver
 
 __all__ = ["AsyncpgConnector", "create"]
 
@@ -39,6 +45,16 @@ _CLOSED = re.compile(r"connection (?:is|was|has been) closed")
 _RESET_EXTRA = "SET SESSION AUTHORIZATION DEFAULT; DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
 _SERVER_INFO = "SELECT current_setting('server_version'), current_setting('max_connections')::int"
 _OWN_OPTIONS = frozenset({"dsn", "timeout", "loop"})
+
+# Handles pass isinstance(conn, asyncpg.Connection) as asyncpg's pool proxy does (its base class);
+# prepared statements, cursors and transactions made from a handle end with its lease; listener
+# callbacks receive the handle, as asyncpg's pool hands them its proxy.
+register_driver(
+    asyncpg.Connection, base=_ConnectionProxy, bound=("prepare", "cursor", "transaction"),
+    callbacks={"add_listener": True, "add_log_listener": True, "add_termination_listener": True,
+               "add_query_logger": False},
+    resources=(ConnectionResource,),
+)
 
 
 def create(dsn: DSN, config: PoolConfig) -> AsyncpgConnector:
@@ -92,17 +108,29 @@ class AsyncpgConnector:
     def in_transaction(self, conn: asyncpg.Connection) -> bool:
         # asyncpg records a transaction block (_top_xact) before its BEGIN is sent; a lease cancelled
         # in between leaves no server transaction but a client-side one, which would turn the next
-        # borrower's transaction() into a SAVEPOINT: the release path must roll it back too
-        return bool(conn.is_in_transaction()) or getattr(conn, "_top_xact", None) is not None
+        # borrower's transaction() into a SAVEPOINT: the release path must roll it back too.
+        # Callbacks a lease registered (listeners, loggers) must not outlive it either.
+        return bool(conn.is_in_transaction()) or conn._top_xact is not None or _has_callbacks(conn)
 
     async def rollback(self, conn: asyncpg.Connection) -> None:
         # A transaction started with ``tr = conn.transaction(); await tr.start()`` and never
         # finished stays registered on the connection, and the next borrower's
         # ``conn.transaction()`` would become a SAVEPOINT outside any transaction. asyncpg's own
         # reset clears it the same way.
-        if getattr(conn, "_top_xact", None) is not None:
-            conn._top_xact = None
-        await conn.execute("ROLLBACK")
+        raw: Any = conn
+        if raw._top_xact is not None:
+            raw._top_xact = None
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+        if _has_callbacks(conn):
+            # what asyncpg's pool does at release (Connection.reset): the callbacks go, and so do
+            # the LISTENs, or the next borrower's session would receive this lease's notifications
+            channels = bool(raw._listeners)
+            for callbacks in (raw._listeners, raw._log_listeners, raw._termination_listeners,
+                              raw._query_loggers):
+                callbacks.clear()
+            if channels:
+                await conn.execute("UNLISTEN *")
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         if self.in_transaction(conn) or getattr(conn, "_top_xact", None) is not None:
@@ -114,8 +142,7 @@ class AsyncpgConnector:
         await conn.execute(_RESET_EXTRA)
 
     def transaction(self, conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
-        tx: AbstractAsyncContextManager[object] = conn.transaction()
-        return tx
+        return _transaction(conn)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, (OSError, TimeoutError)):  # ConnectionError is an OSError
@@ -135,3 +162,37 @@ class AsyncpgConnector:
         # "__asyncpg_stmt_1__" collides with it (DuplicatePreparedStatementError).
         row = await (await conn.prepare(_SERVER_INFO, name="")).fetchrow()
         return ServerInfo(product="PostgreSQL", version=str(row[0]), max_connections=int(row[1]))
+
+
+def _has_callbacks(conn: asyncpg.Connection) -> bool:
+    raw: Any = conn
+    return bool(raw._listeners or raw._log_listeners or raw._termination_listeners or raw._query_loggers)
+
+
+@asynccontextmanager
+async def _transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """asyncpg's transaction block, except that the COMMIT's answer is read.
+
+    PostgreSQL answers COMMIT with ``ROLLBACK`` when the transaction had failed (a query error the
+    endpoint caught): asyncpg ignores the answer, so the client would be told of a success while
+    every write was undone. The block is started through asyncpg so that ``conn.transaction()``
+    inside it still makes a SAVEPOINT.
+    """
+    tx = conn.transaction()
+    await tx.start()
+    raw: Any = conn
+    try:
+        yield
+    except BaseException as exc:
+        raw._top_xact = None
+        try:
+            await conn.execute("ROLLBACK")
+        except Exception as rollback_exc:
+            exc.add_note(f"poolwarden: the rollback failed too ({type(rollback_exc).__name__})")
+        raise
+    raw._top_xact = None
+    status = await conn.execute("COMMIT")
+    if status != "COMMIT":
+        raise TransactionFailed(
+            f"COMMIT was answered {status!r}: the transaction had failed (a query error inside it "
+            "was caught?) and nothing in it was committed")

@@ -37,11 +37,13 @@ from typing import Any
 
 import asyncmy
 from asyncmy import errors
+from asyncmy.cursors import Cursor
 
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors._shared import check_options, transaction_block
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import ConfigError
+from poolwarden.handle import register_driver
 
 __all__ = ["MysqlConnector", "create"]
 
@@ -60,6 +62,9 @@ _DISCONNECT_CODES = frozenset({
 })
 _URL_PARAMETERS = frozenset({"charset", "unix_socket", "sql_mode", "init_command", "program_name"})
 _OWN_OPTIONS = frozenset({"db"})  # deprecated alias of database
+
+# Cursors made from a handle end with its lease (asyncmy's pool lends the connection itself).
+register_driver(asyncmy.Connection, bound=("cursor",), resources=(Cursor,))
 
 
 def create(dsn: DSN, config: PoolConfig) -> MysqlConnector:
@@ -122,11 +127,21 @@ class MysqlConnector:
         return not conn.connected or bool(getattr(conn, "_stream_broken", False))
 
     def in_transaction(self, conn: asyncmy.Connection) -> bool:
-        return bool(conn.connected and conn.get_transaction_status())
+        # Also true when a lease switched autocommit (conn.autocommit(False)): the server status
+        # flags of the last packet say so, and the next borrower must get the mode the pool promises.
+        if not conn.connected:
+            return False
+        autocommit = self._params["autocommit"]
+        return bool(conn.get_transaction_status()) or (
+            autocommit is not None and conn.get_autocommit() != bool(autocommit))
 
     async def rollback(self, conn: asyncmy.Connection) -> None:
         await conn.rollback()
 
+        autocommit = self._params["autocommit"]
+        if autocommit is not None and conn.get_autocommit() != bool(autocommit):
+            raw: Any = conn  # the stub leaves autocommit() untyped
+            await raw.autocommit(bool(autocommit))
     async def reset(self, conn: asyncmy.Connection) -> None:
         # COM_RESET_CONNECTION: rollback, session variables back to the globals, user variables,
         # temporary tables, prepared statements, table and GET_LOCK locks all dropped, without the
@@ -149,7 +164,8 @@ class MysqlConnector:
             await conn.commit()
 
     def transaction(self, conn: asyncmy.Connection) -> AbstractAsyncContextManager[object]:
-        return transaction_block(conn.begin, conn.commit, conn.rollback)
+        return transaction_block(conn.begin, conn.commit, conn.rollback,
+                                 lambda: bool(conn.get_transaction_status()))
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, (OSError, TimeoutError)):

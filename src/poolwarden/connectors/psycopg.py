@@ -37,6 +37,8 @@ from psycopg.rows import tuple_row
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors._shared import check_options, conflict, driver_url
 from poolwarden.connectors.base import ServerInfo
+from poolwarden.errors import TransactionFailed
+from poolwarden.handle import register_driver
 
 __all__ = ["PsycopgConnector", "create"]
 
@@ -50,6 +52,11 @@ _OPEN = frozenset({pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR,
 _SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05"})
 _SERVER_INFO = "SELECT current_setting('server_version'), current_setting('max_connections')::int"
 _CONNECT_ARGS = frozenset({"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"})
+
+# Cursors (conn.cursor(), the one conn.execute() returns) and transaction blocks made from a handle
+# end with its lease; psycopg_pool lends the connection itself, so no isinstance base is needed.
+register_driver(psycopg.AsyncConnection, bound=("cursor", "execute", "transaction"),
+                resources=(psycopg.AsyncCursor, psycopg.AsyncTransaction))
 
 
 def create(dsn: DSN, config: PoolConfig) -> PsycopgConnector:
@@ -117,11 +124,25 @@ class PsycopgConnector:
         return conn.closed
 
     def in_transaction(self, conn: Connection) -> bool:
-        # pgconn rather than conn.info: no object is built on this per-release call.
-        return conn.pgconn.transaction_status in _OPEN
+        # pgconn rather than conn.info: no object is built on this per-release call. A lease that
+        # switched the session (set_autocommit(False), an isolation level) is restored as well:
+        # the next borrower gets the mode the pool promises.
+        raw: Any = conn
+        return (conn.pgconn.transaction_status in _OPEN or raw._autocommit is not self._autocommit
+                or raw._isolation_level is not None or raw._read_only is not None
+                or raw._deferrable is not None)
 
     async def rollback(self, conn: Connection) -> None:
-        await conn.rollback()
+        if conn.pgconn.transaction_status != _IDLE:
+            await conn.rollback()
+        await self._restore_switches(conn)
+
+    async def _restore_switches(self, conn: Connection) -> None:
+        if conn.autocommit != self._autocommit:
+            await conn.set_autocommit(self._autocommit)
+        await conn.set_isolation_level(None)
+        await conn.set_read_only(None)
+        await conn.set_deferrable(None)
 
     async def reset(self, conn: Connection) -> None:
         if conn.pgconn.transaction_status != _IDLE:
@@ -131,15 +152,12 @@ class PsycopgConnector:
             # psycopg sees DISCARD ALL go by and forgets its prepared statements.
             await conn.execute("DISCARD ALL")
         # Client-side session state a borrower may have changed.
-        await conn.set_autocommit(self._autocommit)
-        await conn.set_isolation_level(None)
-        await conn.set_read_only(None)
-        await conn.set_deferrable(None)
+        await self._restore_switches(conn)
         conn.prepare_threshold = self._prepare_threshold
         conn.row_factory = self._row_factory
 
     def transaction(self, conn: Connection) -> AbstractAsyncContextManager[object]:
-        return conn.transaction()
+        return _transaction(conn)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, (OSError, TimeoutError)):
@@ -172,3 +190,20 @@ async def _autocommit(conn: Connection) -> AsyncIterator[None]:
         yield
     finally:
         await conn.set_autocommit(False)
+
+
+@asynccontextmanager
+async def _transaction(conn: Connection) -> AsyncIterator[None]:
+    """psycopg's transaction block, refusing to COMMIT a failed transaction.
+
+    PostgreSQL answers COMMIT with ``ROLLBACK`` when the transaction had failed (a query error the
+    endpoint caught) and psycopg does not look: the client would be told of a success while every
+    write was undone. The failed state is known without a round trip, so it is checked first.
+    """
+    async with conn.transaction():
+        yield
+        if conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            # raised inside the block, so psycopg rolls it back before this propagates
+            raise TransactionFailed(
+                "the transaction had failed (a query error inside it was caught), so it was rolled "
+                "back instead of committed")

@@ -42,11 +42,13 @@ from typing import Any
 from urllib.parse import quote
 
 import aiosqlite
+from aiosqlite.context import Result
 
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors._shared import check_options, transaction_block
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import ConfigError
+from poolwarden.handle import register_driver
 
 __all__ = ["SqliteConnector", "create"]
 
@@ -66,6 +68,10 @@ _LEFTOVERS = """
     WHERE type IN ('table', 'view', 'trigger')
 """
 _CLOSED_MESSAGES = ("no active connection", "connection closed", "closed database")
+
+# Cursors made from a handle (conn.cursor(), and the ones execute() returns) end with its lease.
+register_driver(aiosqlite.Connection, bound=("cursor", "execute", "executemany", "executescript"),
+                resources=(aiosqlite.Cursor, Result))
 
 
 def create(dsn: DSN, config: PoolConfig) -> SqliteConnector:
@@ -196,7 +202,7 @@ class SqliteConnector:
         async def begin() -> None:
             await conn.execute_fetchall(f"BEGIN {self._begin}")
 
-        return transaction_block(begin, conn.commit, conn.rollback)
+        return transaction_block(begin, conn.commit, conn.rollback, lambda: self.in_transaction(conn))
 
     def is_disconnect(self, exc: BaseException) -> bool:
         # TimeoutError: the statement may still be running on the worker thread, so what the

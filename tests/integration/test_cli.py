@@ -206,11 +206,11 @@ def test_top_once_shows_the_pool_row(server: str) -> None:
     result = run("top", server, "--once")
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
-    at = next(i for i, line in enumerate(lines) if line.split()[:2] == ["db", "open"])
-    assert re.search(r"█+", lines[at])  # the connections bar
-    assert lines[at].split()[-11:-7] == ["1", "1", "0", "0"]  # size, idle, used, connecting
-    assert lines[at + 1].split()[:3] == ["aiosqlite", "circuit", "closed"]
+    row = next(line for line in lines if line.split()[:2] == ["db", "ready"])
+    assert re.search(r"▓+·+", row)  # the connections bar: one idle of four
+    assert row.split()[3:6] == ["0/4", "1", "0"]  # used/max, idle, queued
     assert "poolwarden top" in result.stdout
+    assert max(len(line) for line in lines) <= 80
 
 
 def test_top_unreachable_exits_1() -> None:

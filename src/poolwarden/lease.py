@@ -1,9 +1,8 @@
-"""What a pool hands around: the record of one pooled connection, a queued caller, and the
-object ``pool.acquire()`` returns."""
+"""What a pool hands around: the record of one pooled connection and the object ``pool.acquire()``
+returns (a queued caller is a :class:`poolwarden.waitqueue.Waiter`)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Generator
 from types import TracebackType
@@ -60,17 +59,6 @@ class _Record(Generic[C]):
         self.stack: Any = None
         self.route: str | None = None
         self.leak_reported = False
-
-
-class _Waiter(Generic[C]):
-    """A caller queued for a connection: its future and when it gives up."""
-
-    __slots__ = ("deadline", "fut", "limit")
-
-    def __init__(self, fut: asyncio.Future[_Record[C]], deadline: float, limit: float) -> None:
-        self.fut = fut
-        self.deadline = deadline
-        self.limit = limit
 
 
 class AcquireContext(Generic[C]):

@@ -20,12 +20,13 @@ from typing import Any, TypeVar, cast
 from poolwarden.config import PoolConfig
 from poolwarden.errors import BackendDown, PoolClosed, PoolOverloaded, PoolTimeout, PoolwardenError
 from poolwarden.handle import Handle
-from poolwarden.lease import AcquireContext, _Record, _Waiter
+from poolwarden.lease import AcquireContext, _Record
 from poolwarden.observe.events import emit
 from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.leaks import LeaseInfo, capture_stack, current_route, format_stack
 from poolwarden.observe.stats import PoolStats
 from poolwarden.upkeep import CLOSED, DRAINING, NEW, OPEN, PoolUpkeep, _log, _monotonic
+from poolwarden.waitqueue import BATCH, QUEUE_PER_CONNECTION, Waiter
 
 __all__ = ["Pool"]
 
@@ -46,7 +47,7 @@ class Pool(PoolUpkeep[C]):
 
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} {self.connector.driver} {self._state} size={self._size()} "
-                f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={len(self._waiters)}>")
+                f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={self._waiters.live}>")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class Pool(PoolUpkeep[C]):
             resource=self.name, driver=self.connector.driver,
             state=cast(Any, self._state), circuit="open" if self._breaker.is_open else "closed",
             size=self._size(), idle=len(self._idle), in_use=len(self._in_use),
-            connecting=self._connecting, waiting=len(self._waiters),
+            connecting=self._connecting, waiting=self._waiters.live,
             min_size=self._min_size, max_size=self._max_size,
             acquired=self._acquired + self._fast_lends, released=self._use_hist.count,
             discarded=dict(self._discarded),
@@ -241,6 +242,8 @@ class Pool(PoolUpkeep[C]):
             last_check_seconds=self._last_check_seconds,
             last_check_age=None if self._last_check is None else now - self._last_check,
             ready=self.ready, optional=self.config.optional,
+            queue_mode=self._waiters.mode, queue_bound=self._queue_bound(),
+            shed=dict(self._waiters.shed_counts), queue_time=self._waiters.sojourn.snapshot(),
         )
 
     def leases(self) -> list[LeaseInfo]:
@@ -290,7 +293,7 @@ class Pool(PoolUpkeep[C]):
         while True:
             queued = self._enqueue(deadline, limit, front=retry)
             retry = True  # a caller whose connection failed its check keeps its place in line
-            if isinstance(queued, _Waiter):
+            if isinstance(queued, Waiter):
                 # awaited here, not in a helper coroutine: one frame less per queued acquire
                 try:
                     rec = await queued.fut
@@ -317,32 +320,45 @@ class Pool(PoolUpkeep[C]):
             self._wait_hist.observe(now - start)
             return self._lend(rec, now, now - start)
 
-    def _enqueue(self, deadline: float, limit: float, *, front: bool = False) -> _Record[C] | _Waiter[C]:
-        """A free connection now, or this caller's place in the queue (first come, first served)."""
+    def _enqueue(self, deadline: float, limit: float, *,
+                 front: bool = False) -> _Record[C] | Waiter[_Record[C]]:
+        """A free connection now, or this caller's place in the queue (see waitqueue.py)."""
         if self._state is not OPEN:
             raise self._closed_error()
-        if self._idle and not self._waiters and not self._paused:
+        waiters = self._waiters
+        if self._idle and not waiters and not self._paused:
             return self._idle.pop()  # freed while this caller was checking another one
         if self._breaker.is_open:
             raise self._down_error()
-        max_waiting = self.config.max_waiting
-        if max_waiting and len(self._waiters) >= max_waiting:
-            self._overloaded += 1
-            raise PoolOverloaded(
-                f"{self.name}: {len(self._waiters)} callers already waiting (max_waiting={max_waiting})",
-                resource=self.name, retry_after=self._retry_hint())
+        now = _monotonic()
+        bound = self._queue_bound()
+        if bound and waiters.live >= bound and not front:
+            # full: while the queue stands the oldest waiter (served last) gives up its place,
+            # otherwise the newcomer is refused at once
+            bumped = waiters.make_room(now)
+            if bumped is None:
+                waiters.refused()
+                self._overloaded += 1
+                raise PoolOverloaded(
+                    f"{self.name}: {waiters.live} callers already waiting (max_waiting={bound})",
+                    resource=self.name, retry_after=self._drain_hint(now))
+            bumped.fut.set_exception(self._shed_error(bumped, now))
         loop = self._loop or asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), deadline, limit)
-        if front:
-            self._waiters.appendleft(waiter)
-        else:
-            self._waiters.append(waiter)
+        waiter: Waiter[_Record[C]] = Waiter(loop.create_future(), deadline, limit)
+        waiters.push(waiter, now, front=front)
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)
+        elif waiters.mode == "lifo" and now + waiters.interval < self._reaper_at:
+            self._arm_reaper(now + waiters.interval)  # the queue stands: look for waiters to shed
         self._grow()
         return waiter
 
-    def _unqueue(self, waiter: _Waiter[C]) -> None:
+    def _queue_bound(self) -> int:
+        """``max_waiting``, or QUEUE_PER_CONNECTION per connection when it is None; 0 is no bound."""
+        max_waiting = self.config.max_waiting
+        return QUEUE_PER_CONNECTION * self._max_size if max_waiting is None else max_waiting
+
+    def _unqueue(self, waiter: Waiter[_Record[C]]) -> None:
         """A queued caller gave up (cancelled, timed out, refused): undo its place in the queue."""
         fut = waiter.fut
         if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -350,10 +366,7 @@ class Pool(PoolUpkeep[C]):
             self._put_back(fut.result())
         else:
             fut.cancel()
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                pass  # already taken off by the reaper or a failure broadcast
+            self._waiters.discard(waiter, _monotonic())  # O(1): marked, dropped when reached
 
     def _arm_reaper(self, at: float) -> None:
         if self._reaper is not None:
@@ -363,22 +376,47 @@ class Pool(PoolUpkeep[C]):
         self._reaper = loop.call_later(max(0.0, at - _monotonic()), self._reap)
 
     def _reap(self) -> None:
-        """Fail every waiter past its deadline with PoolTimeout; re-arm for the next deadline."""
+        """Fail the waiters past their deadline and shed, while the queue stands, those that cannot
+        be served in time; at most BATCH per loop iteration, then re-arm for what is due next."""
         self._reaper, self._reaper_at = None, float("inf")
+        waiters = self._waiters
         now = _monotonic()
-        expired = [w for w in self._waiters if w.deadline <= now]
+        expired = waiters.expire(now)
         for waiter in expired:
-            self._waiters.remove(waiter)
-            if not waiter.fut.done():
-                waiter.fut.set_exception(self._timed_out(waiter.limit))
-        if self._waiters:
-            self._arm_reaper(min(w.deadline for w in self._waiters))
+            waiter.fut.set_exception(self._timed_out(waiter.limit))
+        budget = BATCH - len(expired)
+        shed = waiters.shed(now, waiters.drain_rate(now), budget) if budget > 0 else []
+        for waiter in shed:
+            waiter.fut.set_exception(self._shed_error(waiter, now))
+        if not waiters:
+            return
+        at = now if budget <= len(shed) else waiters.next_due()  # a full batch: go on next turn
+        if waiters.mode == "lifo":
+            at = min(at, now + waiters.interval)
+        self._arm_reaper(at)
 
     def _timed_out(self, limit: float) -> PoolTimeout:
         self._timeouts += 1
         for listener in self._listeners:
             listener.on_timeout(self.name)
-        return PoolTimeout(self._timeout_message(limit), resource=self.name, retry_after=self._retry_hint())
+        return PoolTimeout(self._timeout_message(limit), resource=self.name,
+                           retry_after=self._drain_hint(_monotonic()))
+
+    def _shed_error(self, waiter: Waiter[_Record[C]], now: float) -> PoolOverloaded:
+        self._overloaded += 1
+        waited = now - (waiter.deadline - waiter.limit)
+        return PoolOverloaded(
+            f"{self.name}: shed after waiting {waited:.3f}s: the queue has stood above "
+            f"queue_target={self.config.queue_target}s for queue_interval={self.config.queue_interval}s "
+            f"({self._waiters.live} waiting, newest served first)",
+            resource=self.name, retry_after=self._drain_hint(now))
+
+    def _drain_hint(self, now: float) -> float:
+        """Retry-After: how long the callers queued now take to be served at the measured rate."""
+        rate = self._waiters.drain_rate(now)
+        if rate <= 0.0:
+            return self._retry_hint()
+        return max(0.1, min(self.config.acquire_timeout, (self._waiters.live + 1) / rate))
 
     def _usable(self, rec: _Record[C], now: float) -> bool:
         """Sync checks on a connection about to be lent; False when it was recycled or found dead."""
@@ -479,11 +517,10 @@ class Pool(PoolUpkeep[C]):
         rec.last_used = rec.checked_at = now
         fresh = now + self._check_after
         rec.fresh_until = fresh if fresh < rec.expires_at else rec.expires_at
-        waiters = self._waiters
-        while waiters:  # straight to the oldest waiter, which stays counted in use
-            fut = waiters.popleft().fut
-            if not fut.done():
-                fut.set_result(rec)
+        if self._waiters:  # straight to the next waiter, which stays counted in use
+            waiter = self._waiters.take(now)
+            if waiter is not None:
+                waiter.fut.set_result(rec)
                 return None
         in_use.remove(rec)
         self._idle.append(rec)

@@ -19,12 +19,13 @@ from typing import Any, Generic, TypeVar, cast
 from poolwarden.config import PoolConfig, Secrets
 from poolwarden.connectors.base import Connector, ServerInfo
 from poolwarden.errors import BackendDown, PoolClosed, PoolwardenError
-from poolwarden.lease import _Record, _Waiter
+from poolwarden.lease import _Record
 from poolwarden.observe.events import emit
 from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.leaks import LeaseInfo, format_stack
 from poolwarden.observe.stats import Histogram, HistogramSnapshot
 from poolwarden.retry import Backoff, CircuitBreaker
+from poolwarden.waitqueue import WaitQueue, fail_in_batches
 
 __all__ = ["PoolUpkeep"]
 
@@ -52,7 +53,9 @@ class PoolUpkeep(Generic[C]):
         self._max_size = cfg.max_size
         self._idle: deque[_Record[C]] = deque()
         self._in_use: set[_Record[C]] = set()
-        self._waiters: deque[_Waiter[C]] = deque()
+        # arrival order plus a deadline heap: every queue operation is O(log n) at most
+        self._waiters: WaitQueue[_Record[C]] = WaitQueue(
+            adaptive=cfg.adaptive_queue, target=cfg.queue_target, interval=cfg.queue_interval)
         # One timer per pool fails the waiters whose deadline passed (not one timer per acquire:
         # asyncio.timeout costs microseconds per call, more than the whole hot path).
         self._reaper: asyncio.TimerHandle | None = None
@@ -142,14 +145,12 @@ class PoolUpkeep(Generic[C]):
                 self._discard(rec, "resized", graceful=True)  # resize() shrank the pool while it was out
                 return
             self._shrinking = False
-        if not self._paused:
-            waiters = self._waiters
-            while waiters:
-                fut = waiters.popleft().fut
-                if not fut.done():
-                    self._in_use.add(rec)
-                    fut.set_result(rec)
-                    return
+        if not self._paused and self._waiters:
+            waiter = self._waiters.take(_monotonic())
+            if waiter is not None:
+                self._in_use.add(rec)
+                waiter.fut.set_result(rec)
+                return
         self._in_use.discard(rec)
         self._idle.append(rec)
 
@@ -173,15 +174,15 @@ class PoolUpkeep(Generic[C]):
         size = self._size()
         if size >= self._max_size:
             return
-        want = max(self._min_size - size, len(self._waiters) - self._connecting)
+        want = max(self._min_size - size, self._waiters.live - self._connecting)
         for _ in range(min(want, self._max_size - size)):
             self._spawn_connect()
 
     def _fail_waiters(self, error: PoolwardenError) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft().fut
-            if not fut.done():
-                fut.set_exception(error)
+        """Fail every queued caller, a batch per loop iteration (each one wakes a task)."""
+        waiters = self._waiters.take_all(_monotonic())
+        if waiters:
+            fail_in_batches(self._loop or asyncio.get_running_loop(), waiters, error)
 
     def _retire_idle(self) -> None:
         for rec in list(self._idle):
@@ -408,7 +409,7 @@ class PoolUpkeep(Generic[C]):
 
     def _timeout_message(self, limit: float) -> str:
         return (f"{self.name}: no connection free within {limit}s (size={self._size()}, "
-                f"in_use={len(self._in_use)}, idle={len(self._idle)}, waiting={len(self._waiters)}, "
+                f"in_use={len(self._in_use)}, idle={len(self._idle)}, waiting={self._waiters.live}, "
                 f"max_size={self._max_size})")
 
     def _down_error(self) -> BackendDown:

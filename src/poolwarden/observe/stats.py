@@ -99,6 +99,15 @@ class PoolStats:
     ready: bool = False
     #: a required resource gates readiness; an optional one only reports
     optional: bool = False
+    #: "lifo" while the queue stands and the newest caller is served first, else "fifo"
+    queue_mode: Literal["fifo", "lifo"] = "fifo"
+    #: the queue bound in force (``max_waiting``, or its default from ``max_size``; 0: no bound)
+    queue_bound: int = 0
+    #: callers turned away by reason: ``full`` (refused at once), ``overload`` (shed while the queue
+    #: stood), ``timeout`` (waited ``acquire_timeout``)
+    shed: Mapping[str, int] = field(default_factory=dict)
+    #: time spent in the queue by the callers that were served (``None`` for clients)
+    queue_time: HistogramSnapshot | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:

@@ -23,6 +23,10 @@ from poolwarden.pool import Pool
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, params
+    from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from poolwarden.orm import AsyncSQLAlchemy, SQLAlchemyResource, SyncSQLAlchemy
 
 __all__ = ["Override", "Resource", "Warden"]
 
@@ -184,6 +188,23 @@ class Warden:
             resource.add_listener(listener)
         self._resources[name] = self._declared[name] = resource
         return resource
+
+    @overload
+    def sqlalchemy(self, name: str, url: str | None = None, *, sync: Literal[False] = False,
+                   engine: AsyncEngine | None = None, **options: Any) -> AsyncSQLAlchemy: ...
+    @overload
+    def sqlalchemy(self, name: str, url: str | None = None, *, sync: Literal[True],
+                   engine: Engine | None = None, **options: Any) -> SyncSQLAlchemy: ...
+    def sqlalchemy(self, name: str, url: str | None = None, *, sync: bool = False,
+                   engine: AsyncEngine | Engine | None = None, **options: Any) -> SQLAlchemyResource[Any]:
+        """Declare a pool lent to a SQLAlchemy engine: ``orm.engine``, ``orm.session``, ``orm.transaction``.
+
+        See :func:`poolwarden.orm.resource.declare` and docs/orm.md (``sync=True`` for a sync Engine;
+        ``engine=`` hands an existing engine's connections to poolwarden).
+        """
+        from poolwarden.orm.resource import declare  # SQLAlchemy is imported only by those who use it
+
+        return declare(self, name, url, sync=sync, engine=engine, options=options)
 
     def client(self, name: str, url: str | None = None, *, kind: str | None = None,
                factory: ClientDriver[Any] | None = None, **settings: Any) -> Client[Any]:

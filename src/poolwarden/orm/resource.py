@@ -1,0 +1,388 @@
+"""``warden.sqlalchemy(...)``: a poolwarden pool under a SQLAlchemy engine, with session dependencies.
+
+The resource *is* a pool (stats, metrics, ``/readyz``, drain, leaks like any other) whose connections
+an ``AsyncEngine`` (or a sync ``Engine`` with ``sync=True``) borrows through :class:`WardenPool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors import connector_for
+from poolwarden.connectors.base import Connector
+from poolwarden.errors import ConfigError
+from poolwarden.handle import unwrap
+from poolwarden.orm.bridge import ConnectionDropped, Lease, WardenPool
+from poolwarden.orm.sessions import ENDED, guarded, settle
+from poolwarden.sync import connector_for as sync_connector_for
+from poolwarden.sync import warn_threadpool
+from poolwarden.warden import Override, Resource
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from fastapi.params import Depends
+
+__all__ = ["AsyncSQLAlchemy", "SQLAlchemyResource", "SyncSQLAlchemy"]
+
+S = TypeVar("S")
+Release = Literal["endpoint", "response"]
+
+# SQLAlchemy's default driver per scheme when the URL names none
+_ASYNC_DRIVER = {"postgresql": "asyncpg", "postgres": "asyncpg", "sqlite": "aiosqlite",
+                 "mysql": "asyncmy", "mariadb": "asyncmy"}
+_SYNC_DRIVER = {"postgresql": "psycopg", "postgres": "psycopg", "sqlite": "pysqlite",
+                "mysql": "pymysql", "mariadb": "pymysql"}
+# drivers whose connector opens in autocommit by default: SQLAlchemy runs its own transactions
+_AUTOCOMMIT_DRIVERS = frozenset({"psycopg", "asyncmy", "pymysql"})
+
+
+class SQLAlchemyResource(Resource[Any], Generic[S]):
+    """A pool lending its connections to a SQLAlchemy engine; ``S`` is the session type it gives."""
+
+    is_async: bool
+
+    def __init__(self, name: str, connector: Connector[Any], config: PoolConfig, dsn: DSN | None, *,
+                 sync_engine: Engine, session_class: type[Session],
+                 session_options: Mapping[str, Any]) -> None:
+        super().__init__(name, connector, config, dsn)
+        old = sync_engine.pool
+        self.bridge = WardenPool(self, is_async=self.is_async, dialect=sync_engine.dialect,
+                                 dispatch=old.dispatch, echo=old.echo, logging_name=old._orig_logging_name)
+        sync_engine.pool = self.bridge
+        old.dispose()  # never connected: declaring does no I/O
+        if sync_engine.dialect.name == "sqlite":
+            # The connectors open SQLite without the driver's implicit transactions, so SQLAlchemy's
+            # BEGIN is emitted here (SQLAlchemy's documented recipe); SAVEPOINTs then work too.
+            event.listen(sync_engine, "begin", _sqlite_begin)
+        self._sync_engine = sync_engine
+        self._session_class = guarded(session_class)
+        self._session_options = {"expire_on_commit": False, **session_options}
+        self._session_depends: dict[tuple[Release, bool], Depends] = {}
+
+    async def open(self, wait: bool | None = None) -> None:
+        await super().open(wait)
+        if not self.is_async:
+            warn_threadpool(self)
+
+    # -- FastAPI ----------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> Depends:
+        """``Depends`` giving a session per request; rolled back and released when the endpoint returns."""
+        return self.session_depends()
+
+    @property
+    def transaction(self) -> Depends:
+        """``Depends`` giving a session committed when the endpoint returns (before the response
+        starts; a failed commit is an error response, never a 2xx) or rolled back on any exception."""
+        return self.session_depends(transaction=True)
+
+    def session_depends(self, *, release: Release = "endpoint", transaction: bool = False) -> Depends:
+        """A session ``Depends``: ``release="response"`` keeps it until the response was sent (for a
+        streaming body; not with ``transaction=True``, whose commit must precede the response)."""
+        key = (release, transaction)
+        dep = self._session_depends.get(key)
+        if dep is None:
+            from poolwarden.orm.dependencies import session_dependency
+
+            dep = self._session_depends[key] = session_dependency(self, release=release,
+                                                                  transaction=transaction)
+        return dep
+
+    def override_sessions(self, app: FastAPI, session: Callable[..., Any]) -> Override:
+        """Make every session dependency of this resource give ``session`` (a FastAPI dependency)
+        in ``app``, for tests; ``undo()`` the result (or ``with`` it) to restore."""
+        keys: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
+        for release in ("endpoint", "response"):
+            for tx in (False, True):
+                if tx and release == "response":
+                    continue
+                own = self.session_depends(release=release, transaction=tx).dependency
+                assert own is not None
+                keys.append((own, session))
+        return Override(app, keys)
+
+    # -- outside FastAPI --------------------------------------------------------------------------
+
+    def session_scope(self, *, transaction: bool = False) -> AbstractAsyncContextManager[S]:
+        """``async with orm.session_scope() as session``: one lease, ended at the block's end;
+        ``transaction=True`` commits on a clean exit."""
+        return self._orm_scope(transaction)
+
+    @asynccontextmanager
+    async def _orm_scope(self, transaction: bool) -> AsyncIterator[S]:
+        handle = await self.acquire()
+        session, conn, lease = await self._orm_begin(handle)
+        try:
+            yield session
+        except BaseException as exc:
+            await self._orm_end(handle, session, conn, lease, commit=False, error=exc)
+            raise
+        await self._orm_end(handle, session, conn, lease, commit=transaction, error=None)
+
+    # -- the lifecycle of one session -------------------------------------------------------------
+
+    async def _orm_begin(self, handle: Any) -> tuple[S, Any, Lease]:
+        try:
+            with self.bridge.reserve(handle) as lease:
+                conn = await self._orm_connect(handle)
+        except BaseException as exc:
+            await self._release(handle, exc)
+            raise
+        return self._orm_session(conn), conn, lease
+
+    async def _orm_connect(self, handle: Any) -> Any:
+        raise NotImplementedError
+
+    def _orm_session(self, conn: Any, **extra: Any) -> S:
+        raise NotImplementedError
+
+    async def _orm_end(self, handle: Any, session: Any, conn: Any, lease: Lease, *, commit: bool,
+                      error: BaseException | None) -> None:
+        """Commit (if asked and all went well), end the session, release the lease: exactly once."""
+        raise NotImplementedError
+
+    async def _orm_release(self, handle: Any, lease: Lease, error: BaseException | None,
+                             cleaned: bool) -> None:
+        if lease.dead or not cleaned:
+            exc: BaseException | None = ConnectionDropped("the session could not be cleaned up")
+        elif error is not None and not isinstance(error, Exception):
+            exc = error  # cancelled: poolwarden resyncs and rolls back under its shield
+        else:
+            exc = None
+        await self._release(handle, exc)
+
+
+class AsyncSQLAlchemy(SQLAlchemyResource[AsyncSession]):
+    """``warden.sqlalchemy(name, url)``: ``engine`` is an ``AsyncEngine``, sessions are ``AsyncSession``."""
+
+    is_async = True
+
+    def __init__(self, name: str, connector: Connector[Any], config: PoolConfig, dsn: DSN | None, *,
+                 engine: AsyncEngine, session_class: type[Session],
+                 async_session_class: type[AsyncSession], session_options: Mapping[str, Any]) -> None:
+        super().__init__(name, connector, config, dsn, sync_engine=engine.sync_engine,
+                         session_class=session_class, session_options=session_options)
+        self.engine = engine
+        self._async_session_class = async_session_class
+
+    async def _orm_connect(self, handle: Any) -> AsyncConnection:
+        conn = self.engine.connect()
+        await conn.start()  # the bridge's _do_get takes the reserved lease
+        return conn
+
+    def _orm_session(self, conn: Any, **extra: Any) -> AsyncSession:
+        return self._async_session_class(bind=conn, sync_session_class=self._session_class,
+                                         **{**self._session_options, **extra})
+
+    async def _orm_end(self, handle: Any, session: Any, conn: Any, lease: Lease, *, commit: bool,
+                      error: BaseException | None) -> None:
+        failure: BaseException | None = None
+        try:
+            if commit and error is None:
+                await session.commit()
+        except BaseException as exc:
+            failure = error = exc
+        session.sync_session.info[ENDED] = self.name
+        cancelled = error is not None and not isinstance(error, Exception)
+
+        async def cleanup() -> None:
+            try:
+                if cancelled:
+                    await session.invalidate()  # no I/O through a connection a cancel left mid-query
+                else:
+                    await session.close()
+            finally:
+                await conn.close()
+
+        cleaned = True
+        try:
+            await settle(cleanup, self.config.reset_timeout)
+        except asyncio.CancelledError as exc:
+            cleaned, error = False, error or exc
+            failure = failure or exc
+        except Exception:
+            cleaned = False
+        await self._orm_release(handle, lease, error, cleaned)
+        if failure is not None:
+            raise failure
+
+
+class SyncSQLAlchemy(SQLAlchemyResource[Session]):
+    """``warden.sqlalchemy(name, url, sync=True)``: ``engine`` is a sync ``Engine``; sessions are
+    ``Session`` (or SQLModel's), opened on the event loop and used by sync endpoints in their thread."""
+
+    is_async = False
+
+    def __init__(self, name: str, connector: Connector[Any], config: PoolConfig, dsn: DSN | None, *,
+                 engine: Engine, session_class: type[Session], session_options: Mapping[str, Any]) -> None:
+        super().__init__(name, connector, config, dsn, sync_engine=engine,
+                         session_class=session_class, session_options=session_options)
+        self.engine = engine
+
+    async def _orm_connect(self, handle: Any) -> Connection:
+        if self.bridge._records.get(id(unwrap(handle))) is not None:
+            return self.engine.connect()  # the wrapper exists: checkout does no I/O
+        # a new wrapper runs the dialect's connect events, which may query: in a thread
+        task = asyncio.ensure_future(asyncio.to_thread(self.engine.connect))
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            task.add_done_callback(_invalidate_orphan)
+            raise
+
+    def _orm_session(self, conn: Any, **extra: Any) -> Session:
+        return self._session_class(bind=conn, **{**self._session_options, **extra})
+
+    async def _orm_end(self, handle: Any, session: Any, conn: Any, lease: Lease, *, commit: bool,
+                      error: BaseException | None) -> None:
+        cancelled = error is not None and not isinstance(error, Exception)
+
+        def cleanup() -> None:
+            try:
+                if commit and not cancelled and error is None:
+                    session.commit()
+            finally:
+                session.info[ENDED] = self.name
+                try:
+                    session.close()
+                finally:
+                    conn.close()
+
+        failure: BaseException | None = None
+        cleaned = True
+        if cancelled:
+            session.info[ENDED] = self.name
+            session.invalidate()  # no I/O: poolwarden resyncs and rolls back the connection
+            conn.close()
+        else:
+            try:
+                # a sync driver's I/O in a thread; never abandoned, as the driver's connection must
+                # not be closed under a statement still running in another thread
+                await settle(lambda: asyncio.to_thread(cleanup))
+            except asyncio.CancelledError as exc:
+                failure = error = exc  # settle() let the cleanup finish first
+            except BaseException as exc:
+                failure = exc
+                cleaned = _left_clean(exc)
+        await self._orm_release(handle, lease, error, cleaned)
+        if failure is not None:
+            raise failure
+
+
+def _left_clean(exc: BaseException) -> bool:
+    # A commit the database refused leaves a rolled-back session (a lost connection shows in
+    # lease.dead); anything else leaves the connection in an unknown state.
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(exc, DBAPIError)
+
+
+def _invalidate_orphan(task: asyncio.Future[Connection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        conn = task.result()
+        conn.invalidate()
+        conn.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+# -- declaration ----------------------------------------------------------------------------------
+
+
+def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: AsyncEngine | Engine | None,
+            options: dict[str, Any]) -> SQLAlchemyResource[Any]:
+    """Build and register the resource of ``warden.sqlalchemy(...)``.
+
+    ``options`` are PoolConfig settings plus: ``session_class`` (a ``Session`` subclass),
+    ``sqlmodel=True`` (SQLModel's ``Session``/``AsyncSession``), ``session_options`` (keywords for
+    every session; ``expire_on_commit`` defaults to False) and ``engine_options`` (keywords for
+    ``create_async_engine``/``create_engine``). Raises ConfigError for a bad URL or option.
+    """
+    session_class: type[Session] | None = options.pop("session_class", None)
+    sqlmodel = bool(options.pop("sqlmodel", False))
+    session_options: Mapping[str, Any] | None = options.pop("session_options", None)
+    engine_options: Mapping[str, Any] | None = options.pop("engine_options", None)
+    settings = options
+    from poolwarden.config import check_resource_name, env_name
+
+    check_resource_name(name)
+    if name in warden._declared:
+        raise ConfigError(f"resource {name!r} is declared twice")
+    if engine is not None:
+        if url is not None:
+            raise ConfigError(f"{name}: pass url or engine, not both")
+        if engine_options:
+            raise ConfigError(f"{name}: engine_options are for an engine poolwarden creates")
+        sync = isinstance(engine, Engine)
+        url = engine.url.render_as_string(hide_password=False)
+    if url is None:
+        url = warden._environ.get(f"POOLWARDEN_{env_name(name)}_URL")
+        if url is None:
+            raise ConfigError(f"resource {name!r} needs a url (or POOLWARDEN_{env_name(name)}_URL)")
+    dsn = DSN(url)
+    driver = dsn.driver or (_SYNC_DRIVER if sync else _ASYNC_DRIVER).get(dsn.scheme)
+    if driver is None:
+        raise ConfigError(f"{name}: no SQLAlchemy driver known for scheme {dsn.scheme!r}")
+    config = PoolConfig.from_settings(name, settings, warden._environ)
+    if driver in _AUTOCOMMIT_DRIVERS:
+        if config.options.get("autocommit"):
+            raise ConfigError(f"{name}: options autocommit=True cannot be set under SQLAlchemy, which "
+                              "runs its own transactions (use execution_options(isolation_level="
+                              "'AUTOCOMMIT') for autocommit work)")
+        config = dataclasses.replace(config, options={**config.options, "autocommit": False})
+    sa_url = dsn.url(scheme=f"{dsn.scheme}+{driver}") if dsn.driver is None else url
+    pool_dsn = DSN(sa_url.replace("+pysqlite", "", 1).replace("+pymysql", "", 1)) if sync else DSN(sa_url)
+    connector = (sync_connector_for if sync else connector_for)(pool_dsn, config)
+    if session_class is None:
+        session_class = _sqlmodel_session() if sqlmodel else Session
+    options = dict(session_options or {})
+    resource: SQLAlchemyResource[Any]
+    if sync:
+        if engine is None:
+            engine = create_engine(sa_url, poolclass=NullPool, **dict(engine_options or {}))
+        assert isinstance(engine, Engine)
+        resource = SyncSQLAlchemy(name, connector, config, pool_dsn, engine=engine,
+                                  session_class=session_class, session_options=options)
+    else:
+        if engine is None:
+            engine = create_async_engine(sa_url, poolclass=NullPool, **dict(engine_options or {}))
+        assert isinstance(engine, AsyncEngine)
+        async_cls: type[AsyncSession] = _sqlmodel_async_session() if sqlmodel else AsyncSession
+        resource = AsyncSQLAlchemy(name, connector, config, pool_dsn, engine=engine,
+                                   session_class=session_class, async_session_class=async_cls,
+                                   session_options=options)
+    for listener in warden._listeners:
+        resource.add_listener(listener)
+    warden._resources[name] = warden._declared[name] = resource
+    return resource
+
+
+def _sqlmodel_session() -> type[Session]:
+    try:
+        from sqlmodel import Session as SQLModelSession
+    except ImportError:
+        raise ConfigError("sqlmodel=True needs SQLModel: pip install sqlmodel") from None
+    cls: type[Session] = SQLModelSession
+    return cls
+
+
+def _sqlmodel_async_session() -> type[AsyncSession]:
+    try:
+        from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
+    except ImportError:
+        raise ConfigError("sqlmodel=True needs SQLModel: pip install sqlmodel") from None
+    cls: type[AsyncSession] = SQLModelAsyncSession
+    return cls

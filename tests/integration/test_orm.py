@@ -1,0 +1,251 @@
+"""SQLAlchemy on poolwarden's pool: ORM round trips, session dependencies and their guarantees,
+against the real PostgreSQL, MariaDB and SQLite."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import String, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from poolwarden import LeaseEnded, Warden
+from poolwarden.orm import AsyncSQLAlchemy, SQLAlchemyResource, SyncSQLAlchemy
+from tests.support.servers import MYSQL_URL, POSTGRES_URL, require
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Note(Base):
+    __tablename__ = "pw_orm_note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+def _pg(driver: str) -> str:
+    return POSTGRES_URL.replace("postgresql://", f"postgresql+{driver}://", 1)
+
+
+def _my(driver: str) -> str:
+    return MYSQL_URL.replace("mysql://", f"mysql+{driver}://", 1)
+
+
+BACKENDS = [
+    pytest.param(("pg", "asyncpg", False), id="asyncpg"),
+    pytest.param(("pg", "psycopg", False), id="psycopg-async"),
+    pytest.param(("pg", "psycopg", True), id="psycopg-sync"),
+    pytest.param(("sqlite", "aiosqlite", False), id="aiosqlite"),
+    pytest.param(("sqlite", "pysqlite", True), id="sqlite3-sync"),
+    pytest.param(("my", "asyncmy", False), id="asyncmy"),
+    pytest.param(("my", "pymysql", True), id="pymysql-sync"),
+]
+
+
+def _url(kind: str, driver: str, tmp_path: Any) -> str:
+    if kind == "pg":
+        require(POSTGRES_URL, "PostgreSQL")
+        return _pg(driver)
+    if kind == "my":
+        require(MYSQL_URL, "MariaDB/MySQL")
+        return _my(driver)
+    return f"sqlite+{driver}:///{tmp_path}/orm.db"
+
+
+async def _in(orm: SQLAlchemyResource[Any], fn: Any) -> Any:
+    """Run a sync-session call in a thread (as a sync endpoint would), an async one directly."""
+    if isinstance(orm, SyncSQLAlchemy):
+        return await asyncio.to_thread(fn)
+    return await fn()
+
+
+@pytest.fixture(params=BACKENDS)
+async def orm(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[SQLAlchemyResource[Any]]:
+    kind, driver, sync = request.param
+    warden = Warden()
+    url = _url(kind, driver, tmp_path)
+    resource: SQLAlchemyResource[Any] = (warden.sqlalchemy("db", url, sync=True, min_size=1, max_size=3)
+                                         if sync else warden.sqlalchemy("db", url, min_size=1, max_size=3))
+    async with warden:
+        if isinstance(resource, SyncSQLAlchemy):
+            engine = resource.engine
+
+            def ddl() -> None:
+                Base.metadata.drop_all(engine)
+                Base.metadata.create_all(engine)
+            await asyncio.to_thread(ddl)
+        else:
+            assert isinstance(resource, AsyncSQLAlchemy)
+            async with resource.engine.begin() as conn:
+                await conn.run_sync(Base.metadata.drop_all)
+                await conn.run_sync(Base.metadata.create_all)
+        yield resource
+        assert resource.leases() == []
+
+
+async def test_round_trip_commit_and_rollback(orm: SQLAlchemyResource[Any]) -> None:
+    """A committed session's rows are seen by the next; a rolled-back one's are not; no lease stays out."""
+    async with orm.session_scope(transaction=True) as s:
+        s.add(Note(id=1, body="kept"))
+    async def failing() -> None:
+        async with orm.session_scope(transaction=True) as s:
+            s.add(Note(id=2, body="dropped"))
+            await _in(orm, s.flush)
+            raise RuntimeError("endpoint failed")
+    with pytest.raises(RuntimeError):
+        await failing()
+    async with orm.session_scope() as s:
+        rows = await _in(orm, lambda: s.scalars(select(Note.body)))
+        assert list(rows) == ["kept"]
+    stats = orm.stats()
+    assert stats.in_use == 0
+    assert stats.size <= 3
+
+
+async def test_session_after_its_scope_raises_lease_ended(orm: SQLAlchemyResource[Any]) -> None:
+    """A session kept past its block refuses work with LeaseEnded naming the resource."""
+    async with orm.session_scope() as s:
+        kept = s
+    with pytest.raises(LeaseEnded, match="db: session used after"):
+        await _in(orm, lambda: kept.execute(text("SELECT 1")))
+
+
+async def test_one_wrapper_per_connection(orm: SQLAlchemyResource[Any]) -> None:
+    """Many sessions on one pooled connection reuse one SQLAlchemy record (connect events run once)."""
+    for _ in range(5):
+        async with orm.session_scope() as s:
+            await _in(orm, lambda: s.execute(text("SELECT 1")))
+    assert len(orm.bridge._records) == orm.stats().size
+
+
+async def test_dispose_expires_every_connection(orm: SQLAlchemyResource[Any]) -> None:
+    """engine.dispose() maps onto expire(): the pool replaces its connections."""
+    async with orm.session_scope() as s:
+        await _in(orm, lambda: s.execute(text("SELECT 1")))
+    before = orm.stats().discarded.get("expired", 0)
+    if isinstance(orm, AsyncSQLAlchemy):
+        await orm.engine.dispose()
+    else:
+        assert isinstance(orm, SyncSQLAlchemy)
+        orm.engine.dispose()
+    assert orm.stats().discarded.get("expired", 0) > before
+    async with orm.session_scope() as s:
+        assert (await _in(orm, lambda: s.scalar(text("SELECT 1")))) == 1
+
+
+async def test_engine_used_directly_takes_and_ends_leases(orm: SQLAlchemyResource[Any]) -> None:
+    """orm.engine.connect() outside any dependency borrows from, and returns to, poolwarden."""
+    if isinstance(orm, AsyncSQLAlchemy):
+        async with orm.engine.connect() as conn:
+            assert orm.stats().in_use == 1
+            assert (await conn.scalar(text("SELECT 2"))) == 2
+    else:
+        assert isinstance(orm, SyncSQLAlchemy)
+        engine = orm.engine
+
+        def use() -> int:
+            with engine.connect() as conn:
+                assert orm.stats().in_use == 1
+                return int(conn.scalar(text("SELECT 2")) or 0)
+        assert await asyncio.to_thread(use) == 2
+    await asyncio.sleep(0.01)
+    assert orm.stats().in_use == 0
+
+
+def _app(orm: SQLAlchemyResource[Any], warden_install: Warden | None = None) -> FastAPI:
+    app = FastAPI()
+    if isinstance(orm, AsyncSQLAlchemy):
+        ASession = Annotated[AsyncSession, orm.session]
+        ATx = Annotated[AsyncSession, orm.transaction]
+
+        @app.post("/notes/{nid}")
+        async def add(nid: int, body: str, s: ATx) -> dict[str, int]:
+            s.add(Note(id=nid, body=body))
+            if body == "refuse":
+                raise HTTPException(409)
+            return {"id": nid}
+
+        @app.get("/notes")
+        async def notes(s: ASession) -> list[str]:
+            return list((await s.scalars(select(Note.body).order_by(Note.id))).all())
+    else:
+        SSession = Annotated[Session, orm.session]
+        STx = Annotated[Session, orm.transaction]
+
+        @app.post("/notes/{nid}")
+        def add_sync(nid: int, body: str, s: STx) -> dict[str, int]:
+            s.add(Note(id=nid, body=body))
+            if body == "refuse":
+                raise HTTPException(409)
+            return {"id": nid}
+
+        @app.get("/notes")
+        def notes_sync(s: SSession) -> list[str]:
+            return list(s.scalars(select(Note.body).order_by(Note.id)).all())
+    return app
+
+
+async def test_session_dependencies_commit_roll_back_and_never_lie(orm: SQLAlchemyResource[Any]) -> None:
+    """orm.transaction commits on success, rolls back on HTTPException, and a failed commit is a 500."""
+    app = _app(orm)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.post("/notes/1", params={"body": "a"})).status_code == 200
+        assert (await client.post("/notes/2", params={"body": "refuse"})).status_code == 409
+        # the unique body fails at COMMIT, after the endpoint returned: an error, never a 2xx
+        assert (await client.post("/notes/3", params={"body": "a"})).status_code == 500
+        assert (await client.get("/notes")).json() == ["a"]
+    assert orm.stats().in_use == 0
+
+
+async def test_dependency_overrides_replace_the_session(orm: SQLAlchemyResource[Any]) -> None:
+    """app.dependency_overrides (through override_sessions) hands the test's own session to endpoints."""
+    app = _app(orm)
+    async with orm.session_scope() as mine:
+        async def give() -> Any:
+            return mine
+        with orm.override_sessions(app, give):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                assert (await client.get("/notes")).json() == []
+        assert orm.stats().in_use == 1  # only the test's own
+
+
+async def test_an_apps_own_engine_is_handed_over(tmp_path: Any) -> None:
+    """warden.sqlalchemy(name, engine=engine): the app keeps its create_async_engine; poolwarden lends."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/own.db")
+    warden = Warden()
+    orm = warden.sqlalchemy("db", engine=engine, max_size=2)
+    assert orm.engine is engine
+    async with warden:
+        async with engine.connect() as conn:
+            assert (await conn.scalar(text("SELECT 3"))) == 3
+            assert orm.stats().in_use == 1
+        assert orm.stats().in_use == 0
+
+
+async def test_sqlmodel_sessions(tmp_path: Any) -> None:
+    """sqlmodel=True gives SQLModel's Session, with its exec()."""
+    from sqlmodel import Field, SQLModel
+    from sqlmodel import Session as SQLModelSession
+
+    class Hero(SQLModel, table=True):
+        __tablename__ = f"hero_{uuid.uuid4().hex[:8]}"
+        id: int | None = Field(default=None, primary_key=True)
+        name: str
+
+    warden = Warden()
+    orm = warden.sqlalchemy("db", f"sqlite:///{tmp_path}/sm.db", sync=True, sqlmodel=True)
+    async with warden:
+        await asyncio.to_thread(SQLModel.metadata.create_all, orm.engine, tables=[Hero.__table__])  # type: ignore[attr-defined]
+        async with orm.session_scope(transaction=True) as s:
+            assert isinstance(s, SQLModelSession)
+            s.add(Hero(name="Deadpond"))
+        async with orm.session_scope() as s:
+            from sqlmodel import select as sm_select
+            assert [h.name for h in s.exec(sm_select(Hero)).all()] == ["Deadpond"]

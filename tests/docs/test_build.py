@@ -30,3 +30,12 @@ def test_every_docs_page_is_in_the_nav() -> None:
     """docs/.nav.yml ends in a catch-all, so a page added to docs/ is linked without editing it."""
     nav = (ROOT / "docs" / ".nav.yml").read_text()
     assert '- glob: "*"' in nav
+
+
+def test_reference_covers_the_public_api() -> None:
+    """Every name poolwarden exports has an entry in docs/reference.md."""
+    import poolwarden
+
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    missing = [name for name in poolwarden.__all__ if f"::: poolwarden.{name}\n" not in reference]
+    assert not missing, f"add `::: poolwarden.<name>` to docs/reference.md for: {missing}"

@@ -92,7 +92,7 @@ async def db(request: pytest.FixtureRequest) -> AsyncIterator[Db]:
     await target.run(f"DROP TABLE IF EXISTS {table}")
 
 
-def drivers(*names: str) -> Any:
+def drivers(*names: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("db", names, indirect=True)
 
 

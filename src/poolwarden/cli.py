@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from poolwarden.config import DSN, PoolConfig, Secrets
+from poolwarden.config import DSN, PoolConfig
 from poolwarden.errors import ConfigError
 
 __all__ = ["main"]
@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                            description="Connect to each URL as a pool would, ping it, read the server's "
                            "version and connection limit. Exit 0 when every one answered, else 1.")
     check.add_argument("urls", nargs="+", metavar="URL",
-                       help="postgresql://, postgresql+psycopg://, mysql://, mariadb:// or sqlite:/// URL")
+                       help="postgresql://, postgresql+psycopg://, mysql://, mariadb://, sqlite:/// or "
+                       "redis:// URL")
     check.add_argument("--timeout", type=_seconds, default=10.0,
                        help="seconds to wait for each database (default: 10)")
     check.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
@@ -147,18 +148,54 @@ async def _check_all(urls: Sequence[str], timeout: float, pgbouncer: bool = Fals
 
 
 async def _check_one(url: str, timeout: float, pgbouncer: bool = False) -> _Result:
-    from poolwarden.connectors import connector_for
-
     try:
         dsn = DSN(url)
     except ConfigError as exc:
         return _Result(url="(unparsable URL)", ok=False, error=f"ConfigError: {exc}")
-    config = PoolConfig(pgbouncer=pgbouncer and dsn.scheme in ("postgresql", "postgres"))
-    secrets = Secrets((*dsn.secrets.values, *config.secrets))
     result = _Result(url=dsn.redacted, ok=False)
+    secrets = dsn.secrets
+    try:
+        if dsn.scheme in _REDIS_SCHEMES:
+            checked = await _check_redis(dsn, timeout, result)
+        else:
+            checked = await _check_database(dsn, timeout, pgbouncer, result)
+        if checked:
+            result.ok = True
+    except TimeoutError:
+        result.error = f"no answer within {timeout:g}s"
+    except ConfigError as exc:
+        result.error = secrets.scrub(f"ConfigError: {exc}")
+    except Exception as exc:
+        # the driver's class, SQLSTATE and message, the whole message withheld if it could show a secret
+        result.error = secrets.describe(exc)
+    return result
+
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _sqlite_missing(dsn: DSN) -> str | None:
+    """Why ``check`` does not open this SQLite URL: connecting would create a file that is not there."""
+    path = dsn.path[1:] if dsn.path.startswith("/") else dsn.path
+    if path in ("", ":memory:") or dsn.query.get("mode") == "memory" or Path(path).exists():
+        return None
+    return f"no such database file: {path} (check never creates one)"
+
+
+async def _check_database(dsn: DSN, timeout: float, pgbouncer: bool, result: _Result) -> bool:
+    from poolwarden.connectors import connector_for
+
+    if dsn.scheme == "sqlite":
+        result.error = _sqlite_missing(dsn)
+        if result.error:
+            return False
+        # read-only: a check must not switch the journal mode or write anything
+        query = dsn.raw_query
+        dsn = DSN(dsn.url().partition("?")[0] + "?" + (query + "&" if query else "") + "mode=ro")
+    config = PoolConfig(pgbouncer=pgbouncer and dsn.scheme in ("postgresql", "postgres"))
+    connector = connector_for(dsn, config)
     conn: Any = None
     try:
-        connector = connector_for(dsn, config)
         async with asyncio.timeout(timeout):
             start = time.perf_counter()
             conn = await connector.connect(timeout)
@@ -169,11 +206,7 @@ async def _check_one(url: str, timeout: float, pgbouncer: bool = False) -> _Resu
             info = await connector.server_info(conn)
         result.product, result.version, result.max_connections = (
             info.product, info.version, info.max_connections)
-        result.ok = True
-    except TimeoutError:
-        result.error = f"no answer within {timeout:g}s"
-    except Exception as exc:
-        result.error = secrets.scrub(f"{type(exc).__name__}: {exc}".strip())
+        return True
     finally:
         if conn is not None:
             try:
@@ -181,7 +214,37 @@ async def _check_one(url: str, timeout: float, pgbouncer: bool = False) -> _Resu
                     await connector.close(conn)
             except Exception:
                 connector.terminate(conn)
-    return result
+
+
+async def _check_redis(dsn: DSN, timeout: float, result: _Result) -> bool:
+    """PING a Redis server through the client driver a ``warden.client`` would use, and read INFO."""
+    from poolwarden.clients import ClientConfig, driver_for
+
+    driver = driver_for(dsn, ClientConfig(connect_timeout=timeout))
+    client: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            start = time.perf_counter()
+            client = await driver.open()
+            await driver.ping(client)  # the first command also connects
+            result.connect_ms = (time.perf_counter() - start) * 1000
+            start = time.perf_counter()
+            await driver.ping(client)
+            result.ping_ms = (time.perf_counter() - start) * 1000
+            server = await client.info("server")
+            clients = await client.info("clients")
+        result.product = "Valkey" if "valkey_version" in server else "Redis"
+        result.version = str(server.get("valkey_version") or server.get("redis_version"))
+        limit = clients.get("maxclients")
+        result.max_connections = int(limit) if limit is not None else None
+        return True
+    finally:
+        if client is not None:
+            try:
+                async with asyncio.timeout(min(timeout, 5.0)):
+                    await driver.close(client)
+            except Exception:
+                pass
 
 
 # -- top --------------------------------------------------------------------------------------------

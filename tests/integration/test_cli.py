@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -72,12 +73,53 @@ def test_check_mariadb(mysql_url: str) -> None:
     assert re.search(r"max_connections=\d+", line)
 
 
+def _sqlite_file(url: str) -> Path:
+    path = Path(url.removeprefix("sqlite:///"))
+    sqlite3.connect(path).close()
+    return path
+
+
 def test_check_sqlite(sqlite_url: str) -> None:
     """check opens a SQLite file and shows its library version (SQLite has no connection limit)."""
+    path = _sqlite_file(sqlite_url)
+    before = path.read_bytes()
     result = run("check", sqlite_url)
     assert result.returncode == 0, result
     assert "SQLite 3." in result.stdout
     assert "max_connections=n/a" in result.stdout
+    assert path.read_bytes() == before  # read-only: not even the journal mode changed
+    assert not Path(f"{path}-wal").exists()
+
+
+def test_check_never_creates_a_sqlite_file(tmp_path: Path) -> None:
+    """Checking a SQLite file that is not there fails, and leaves no file behind."""
+    path = tmp_path / "x.db"
+    result = run("check", f"sqlite:///{path}")
+    assert result.returncode == 1
+    assert "no such database file" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.redis
+def test_check_redis(redis_url: str) -> None:
+    """check PINGs Redis (not "unsupported scheme") and reads its version and maxclients."""
+    result = run("check", "--json", redis_url)
+    assert result.returncode == 0, result
+    (row,) = json.loads(result.stdout)
+    assert row["product"] in ("Redis", "Valkey")
+    assert row["max_connections"] > 0
+    assert row["ping_ms"] >= 0
+
+
+@pytest.mark.redis
+def test_check_redis_wrong_password_is_a_failure_without_the_password(redis_url: str) -> None:
+    """A Redis URL with a password that the server refuses fails, the password shown nowhere."""
+    host = redis_url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    result = run("check", f"redis://nobody-here:{CANARY}@{host}/0")
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("FAIL")
+    assert "AuthenticationError" in result.stdout
+    assert CANARY not in result.stdout + result.stderr
 
 
 def test_check_closed_port_fails_fast() -> None:
@@ -108,6 +150,7 @@ def test_check_gives_up_after_timeout() -> None:
 def test_check_json_and_mixed_results(postgres_url: str, sqlite_url: str) -> None:
     """--json gives one object per URL; one failure among successes makes the exit status 1."""
     bad = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    _sqlite_file(sqlite_url)
     result = run("check", "--json", postgres_url, sqlite_url, bad)
     assert result.returncode == 1
     rows = json.loads(result.stdout)
@@ -158,7 +201,7 @@ APP = textwrap.dedent("""
     warden = Warden()
     db = warden.pool("db", {url!r}, min_size=1, max_size=4)
     app = FastAPI(lifespan=warden.lifespan)
-    warden.install(app)
+    warden.install(app, stats=True)
 """)
 
 

@@ -11,10 +11,10 @@ from poolwarden.errors import ConfigError, TransactionFailed
 
 
 def driver_url(dsn: DSN) -> str:
-    """The revealed URL without its ``+driver`` suffix, which the drivers' own parsers reject."""
-    url = dsn.reveal()
-    scheme, sep, rest = url.partition("://")
-    return scheme.partition("+")[0] + sep + rest
+    """The URL for the driver: no ``+driver`` suffix (the drivers' own parsers reject it) and no user
+    name or password, which go to the driver as parameters (:meth:`DSN.credentials`), so that no driver
+    error or log line can echo them as part of a URL."""
+    return dsn.url(scheme=dsn.scheme)
 
 
 def check_options(driver: str, options: Mapping[str, Any], allowed: Collection[str]) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class AsyncpgConnector:
             options["statement_cache_size"] = 0
         self._url = driver_url(dsn)
         self._redacted = dsn.redacted
+        options.update(dsn.credentials(options))  # parameters, never inside a URL the driver could echo
         self._options = options
         self._pgbouncer = config.pgbouncer
         self.connection_class: type[asyncpg.Connection] = options.get("connection_class", asyncpg.Connection)

@@ -89,9 +89,10 @@ class MysqlConnector:
         self._params: dict[str, Any] = {
             "host": dsn.host or "localhost",
             "port": dsn.port or 3306,
-            "user": dsn.username,
-            "password": dsn.password or "",
+            "user": None,
+            "password": "",
             "database": dsn.database or None,
+            **dsn.credentials(options),
             **dsn.query,
             **options,
         }
@@ -137,11 +138,11 @@ class MysqlConnector:
 
     async def rollback(self, conn: asyncmy.Connection) -> None:
         await conn.rollback()
-
         autocommit = self._params["autocommit"]
         if autocommit is not None and conn.get_autocommit() != bool(autocommit):
             raw: Any = conn  # the stub leaves autocommit() untyped
             await raw.autocommit(bool(autocommit))
+
     async def reset(self, conn: asyncmy.Connection) -> None:
         # COM_RESET_CONNECTION: rollback, session variables back to the globals, user variables,
         # temporary tables, prepared statements, table and GET_LOCK locks all dropped, without the

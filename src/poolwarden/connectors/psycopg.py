@@ -89,6 +89,7 @@ class PsycopgConnector:
         self._own_connect_timeout = "connect_timeout" not in options and "connect_timeout" not in dsn.query
         self._url = driver_url(dsn)
         self._redacted = dsn.redacted
+        options.update(dsn.credentials(options))  # parameters, never inside a URL the driver could echo
         self._options = options
         self._pgbouncer = config.pgbouncer
 

@@ -97,8 +97,7 @@ class SqliteConnector:
         query = dsn.query
         memory = path in ("", ":memory:") or query.get("mode") == "memory"
         if query:
-            raw_query = dsn.reveal().partition("?")[2].partition("#")[0]
-            self._database = f"file:{quote(path or ':memory:', safe='/:')}?{raw_query}"
+            self._database = f"file:{quote(path or ':memory:', safe='/:')}?{dsn.raw_query}"
             options["uri"] = True
         else:
             self._database = path or ":memory:"

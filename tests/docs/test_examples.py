@@ -6,7 +6,10 @@ lifespan). URLs in the examples read as a reader's would (``postgresql://app@loc
 pointed at the test servers before running: PostgreSQL, MariaDB and Redis URLs at the servers of
 ``tests/support/servers.py``, other http(s) hosts at a local stub that answers 200 to everything.
 
-A block may be skipped only with a reason, in its fence: ```` ```python title="not run: <reason>" ````.
+A block titled with a file name (```` ```python title="app.py" ````) is also saved under that name for
+the later blocks of the same page, so a tutorial can build ``app.py`` and then import it; a block
+titled ``test_*.py`` is run with pytest. A block may be skipped only with a reason, in its fence:
+```` ```python title="not run: <reason>" ````.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ TIMEOUT = 30
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
 _NOT_RUN = re.compile(r'title="not run(?::\s*(?P<reason>[^"]*))?"')
+_FILE_TITLE = re.compile(r'title="(?P<name>[\w/]+\.py)"')
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Block:
     line: int  # of the opening fence, 1-based
     source: str
     skip_reason: str | None
+    title: str | None  # a file name the block is saved as, for the blocks after it
 
     @property
     def id(self) -> str:
@@ -64,7 +69,8 @@ def _blocks(path: Path) -> Iterator[Block]:
         if language in ("python", "py"):
             skip = _NOT_RUN.search(info)
             reason = (skip["reason"] or "").strip() if skip else None
-            yield Block(path, i + 1, "\n".join(body) + "\n", reason)
+            title = _FILE_TITLE.search(info)
+            yield Block(path, i + 1, "\n".join(body) + "\n", reason, title["name"] if title else None)
         i = j + 1
 
 
@@ -147,16 +153,32 @@ def test_example_runs(block: Block, stub_url: str, tmp_path: Path) -> None:
     if block.skip_reason is not None:
         assert block.skip_reason, f'{block.id}: title="not run" needs a reason: title="not run: why"'
         pytest.skip(f"not run: {block.skip_reason}")
-    source, needs = localize(block.source, stub_url)
+    needs: set[str] = set()
+    for earlier in BLOCKS:  # the files the page built before this block
+        if earlier.path == block.path and earlier.line < block.line and earlier.title:
+            source, needed = localize(earlier.source, stub_url)
+            (tmp_path / earlier.title).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / earlier.title).write_text(source)
+            needs |= needed
+    source, needed = localize(block.source, stub_url)
+    needs |= needed
     for server in sorted(needs):
         require(*_SERVERS[server])
-    script = tmp_path / "example.py"
+    script = tmp_path / (block.title or "example.py")
+    script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(source)
+    is_test = script.name.startswith("test_")
+    # a test page's blocks run under the pytest configuration the testing guide recommends
+    pytest_args = ["-q", "-p", "no:cacheprovider", "-W", "error", "-o", "asyncio_mode=auto",
+                   "-o", "asyncio_default_fixture_loop_scope=function"]
+    command = ([sys.executable, "-m", "pytest", *pytest_args, script.name]
+               if is_test else [sys.executable, str(RUNNER), str(script)])
     try:
-        result = subprocess.run([sys.executable, str(RUNNER), str(script)], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=TIMEOUT)
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{block.id} ran longer than {TIMEOUT}s", pytrace=False)
+    if is_test and result.returncode == 0:
+        return
     if result.returncode != 0 or not result.stdout.rstrip().endswith("ok"):
         pytest.fail(f"{block.id} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
 

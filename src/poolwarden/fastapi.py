@@ -273,6 +273,9 @@ def depends(name: str, *, release: Literal["endpoint", "response"] = "endpoint",
     if dep is None:
         if release not in ("endpoint", "response"):
             raise ConfigError(f"release must be 'endpoint' or 'response' (got release={release!r})")
+        if transaction and release == "response":
+            raise ConfigError("transaction=True needs release='endpoint' (got release='response'): the "
+                              "COMMIT must run before the response starts (see Resource.depends)")
 
         async def lease(request: Request) -> AsyncIterator[Any]:
             warden = bound_warden(request.app)

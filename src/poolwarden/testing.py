@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,14 +19,23 @@ from poolwarden.config import PoolConfig
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.pool import Pool
 from poolwarden.retry import set_testing
+from poolwarden.rollback import Rollback, RollbackLease
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from poolwarden.warden import Resource
 
 __all__ = [
     "FakeConnection",
     "FakeConnector",
     "FakeDisconnect",
+    "Rollback",
+    "RollbackLease",
     "assert_no_leases",
     "fake_pool",
     "no_backoff",
+    "poolwarden_rollback",
 ]
 
 
@@ -50,6 +59,8 @@ class FakeConnection:
         self.session: dict[str, str] = {}
         self.queries = 0
         self.busy = False
+        #: every statement run, in order
+        self.log: list[str] = []
 
     async def execute(self, sql: str = "SELECT 1") -> str:
         """Run a fake statement: BEGIN/COMMIT/ROLLBACK, SET k=v, FAIL (a query error), anything else."""
@@ -62,10 +73,11 @@ class FakeConnection:
         finally:
             self.busy = False
         self.queries += 1
+        self.log.append(sql)
         word = sql.strip().split(" ", 1)[0].upper()
         if word == "BEGIN":
             self.in_tx = True
-        elif word in ("COMMIT", "ROLLBACK"):
+        elif word in ("COMMIT", "ROLLBACK") and " TO " not in sql.upper():
             self.in_tx = False
         elif word == "SET":
             key, _, value = sql.strip()[4:].partition("=")
@@ -203,3 +215,30 @@ def no_backoff() -> Iterator[None]:
         yield
     finally:
         set_testing(False)
+
+
+@pytest.fixture
+def poolwarden_rollback() -> Iterator[Callable[..., Rollback]]:
+    """Call ``poolwarden_rollback(app)`` before the app serves: every pool of the warden bound to
+    ``app`` (or only those named or passed: ``poolwarden_rollback(app, "db")``) then lends one
+    connection for the whole test, inside a transaction rolled back when the test ends, and its
+    transaction dependencies become SAVEPOINTs. The returned :class:`Rollback` gives each
+    :class:`RollbackLease` by name (for a fixture of your own: an ORM session on its connection).
+    Works with ``with TestClient(app)`` (per test or per module) and with httpx's ASGITransport.
+    """
+    made: list[Rollback] = []
+
+    def bind(app: FastAPI, *pools: str | Resource[Any]) -> Rollback:
+        from poolwarden.fastapi import bound_warden
+
+        resources: list[Resource[Any]] = []
+        for pool in pools or tuple(bound_warden(app).resources):
+            resources.append(bound_warden(app).resources[pool] if isinstance(pool, str) else pool)
+        leases = {r.name: RollbackLease(r) for r in resources}
+        rollback = Rollback(leases, [lease.override(app) for lease in leases.values()])
+        made.append(rollback)
+        return rollback
+
+    yield bind
+    for rollback in made:
+        rollback.close()

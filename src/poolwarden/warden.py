@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from poolwarden.clients import Client, ClientConfig, driver_for
 from poolwarden.clients.base import ClientDriver
@@ -20,6 +20,7 @@ from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.leaks import LeaseInfo
 from poolwarden.observe.stats import PoolStats
 from poolwarden.pool import Pool
+from poolwarden.settings import ClientSettings, PoolSettings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, params
@@ -93,8 +94,11 @@ class Resource(Pool[C]):
         for release in ("endpoint", "response"):
             for tx in (False, True):
                 provider = transaction if tx and transaction is not None else connection
-                own = self.depends(release=release, transaction=tx).dependency
-                named = named_dependencies(self.name, release=release, transaction=tx).dependency
+                try:
+                    own = self.depends(release=release, transaction=tx).dependency
+                    named = named_dependencies(self.name, release=release, transaction=tx).dependency
+                except ConfigError:
+                    continue  # a combination the dependencies refuse cannot be in use either
                 assert own is not None
                 assert named is not None
                 keys += [(own, provider), (named, provider)]
@@ -143,17 +147,17 @@ class Warden:
 
     @overload
     def pool(self, name: str, url: str | None = None, *, connection_class: type[C],
-             connector: Connector[C] | None = None, **settings: Any) -> Resource[C]: ...
+             connector: Connector[C] | None = None, **settings: Unpack[PoolSettings]) -> Resource[C]: ...
 
     @overload
     def pool(self, name: str, url: str | None = None, *, connector: Connector[C],
-             **settings: Any) -> Resource[C]: ...
+             **settings: Unpack[PoolSettings]) -> Resource[C]: ...
 
     @overload
-    def pool(self, name: str, url: str | None = None, **settings: Any) -> Resource[Any]: ...
+    def pool(self, name: str, url: str | None = None, **settings: Unpack[PoolSettings]) -> Resource[Any]: ...
 
     def pool(self, name: str, url: str | None = None, *, connection_class: type[Any] | None = None,
-             connector: Connector[Any] | None = None, **settings: Any) -> Resource[Any]:
+             connector: Connector[Any] | None = None, **settings: Unpack[PoolSettings]) -> Resource[Any]:
         """Declare a connection pool; validates now (raising ConfigError), connects at start-up.
 
         ``url`` may come from ``POOLWARDEN_<NAME>_URL``; the scheme picks the driver (postgresql://,
@@ -207,7 +211,7 @@ class Warden:
         return declare(self, name, url, sync=sync, engine=engine, options=options)
 
     def client(self, name: str, url: str | None = None, *, kind: str | None = None,
-               factory: ClientDriver[Any] | None = None, **settings: Any) -> Client[Any]:
+               factory: ClientDriver[Any] | None = None, **settings: Unpack[ClientSettings]) -> Client[Any]:
         """Declare a shared, self-pooling client; validates now (raising ConfigError), opens at start-up
         in declaration order with the pools, and closes in reverse.
 

@@ -13,6 +13,9 @@ warden = Warden()
 lite = warden.pool("lite", "sqlite:///:memory:", connection_class=aiosqlite.Connection)
 wrong: Resource[psycopg.AsyncConnection[TupleRow]] = lite  # E
 lite.depends(release="later")  # E
+warden.pool("misspelt", "sqlite:///:memory:", max_sise=2)  # E
+warden.pool("mistyped", "sqlite:///:memory:", acquire_timeout="5s")  # E
+warden.client("cache", "redis://localhost", max_size=3)  # E
 
 
 async def use() -> None:

@@ -18,14 +18,14 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from poolwarden.config import PoolConfig
-from poolwarden.errors import BackendDown, PoolClosed, PoolOverloaded, PoolTimeout, PoolwardenError
+from poolwarden.errors import PoolClosed, PoolOverloaded, PoolTimeout, PoolwardenError, Unavailable
 from poolwarden.handle import Handle
 from poolwarden.lease import AcquireContext, _Record
 from poolwarden.observe.events import emit
 from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.leaks import LeaseInfo, capture_stack, current_route, format_stack
 from poolwarden.observe.stats import PoolStats
-from poolwarden.upkeep import CLOSED, DRAINING, NEW, OPEN, PoolUpkeep, _log, _monotonic
+from poolwarden.upkeep import OPEN, PoolUpkeep, _log, _monotonic
 from poolwarden.waitqueue import BATCH, QUEUE_PER_CONNECTION, Waiter
 
 __all__ = ["Pool"]
@@ -45,20 +45,20 @@ class Pool(PoolUpkeep[C]):
     :class:`PoolClosed` before open and from the start of close.
     """
 
+    _kind = "pool"
+    _probe_noun = "connects"
+
     def __repr__(self) -> str:
         return (f"<Pool {self.name!r} {self.connector.driver} {self._state} size={self._size()} "
                 f"idle={len(self._idle)} in_use={len(self._in_use)} waiting={self._waiters.live}>")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def open(self, wait: bool | None = None) -> None:
-        """Start connecting; with ``wait`` (default: ``startup == "wait"``) block until ``min_size``
-        connections are up, or raise :class:`BackendDown` after ``startup_timeout``."""
-        if self._state == OPEN:
-            return
-        if self._state != NEW:
-            raise PoolClosed(f"{self.name}: a closed pool cannot be opened again", resource=self.name)
+    # open(), wait_ready() and close() come from Lifecycle (shared with Client); these are its hooks
+
+    async def _start(self) -> None:
         self._state = OPEN
+        self._run += 1
         self._loop = asyncio.get_running_loop()
         self._blocked = self._paused
         self._refresh_observed()
@@ -69,85 +69,92 @@ class Pool(PoolUpkeep[C]):
         if self._min_size == 0:
             self._spawn_connect()  # one trial connection proves the backend and credentials
         self._grow()
-        if wait is None:
-            wait = self.config.startup == "wait"
-        if wait and not await self.wait_ready(self.config.startup_timeout):
-            cause = self._last_error or "no connection completed"
-            await self.close()
-            raise BackendDown(
-                f"{self.name}: could not open {max(self._min_size, 1)} connection(s) within "
-                f"startup_timeout={self.config.startup_timeout}s; last error: {cause}",
-                resource=self.name, retry_after=self.config.backoff_max,
-            ) from None
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first ``min_size`` connections; False if they did not."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
+    @property
+    def _started(self) -> bool:
+        return self._settled.is_set() and self._ever_connected
 
-    async def close(self) -> list[LeaseInfo]:
-        """Drain: refuse new acquires, give leases ``drain_timeout`` to return, close the rest.
+    def _prepare_reopen(self) -> None:
+        # Counters and histograms carry on across runs (metrics are cumulative); sizes start over.
+        # Tasks of the last run may still be finishing their cancellation: _run tells them apart.
+        self._connecting = 0
+        self._ever_connected = False
+        self._invalid_before = _monotonic()
+        self._drained = asyncio.Event()
+        self._bg, self._io, self._closes = set(), set(), {}
+        self._loop = None
+        self._shrinking = False
 
-        Returns the leases that were still out at the deadline (each also logged with where it
-        was acquired); their connections are closed under them.
-        """
-        if self._state in (DRAINING, CLOSED):
-            return []
-        was_new = self._state == NEW
-        self._state = DRAINING
+    def _stop_background(self) -> None:
         self._blocked = True
-        if was_new:
-            self._state = CLOSED
-            return []
-        emit("drain.started", self.name, f"in_use={len(self._in_use)}", in_use=len(self._in_use))
+        self._refused["closed"] += self._waiters.live
         self._fail_waiters(PoolClosed(f"{self.name}: the pool is closing", resource=self.name))
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper, self._reaper_at = None, float("inf")
         for task in list(self._bg):
             task.cancel()
-        await asyncio.gather(*self._bg, return_exceptions=True)
+
+    async def _drain(self) -> list[LeaseInfo]:
+        """Refuse new acquires, give leases ``drain_timeout`` to return, close the rest."""
+        emit("drain.started", self.name, f"in_use={len(self._in_use)}", in_use=len(self._in_use))
+        self._stop_background()
+        if self._bg:
+            await asyncio.wait(list(self._bg))  # cancelled above: connects and pings end now
         while self._idle:
             self._close_conn(self._idle.pop().conn, graceful=True)
-        try:
-            if self._in_use:
-                self._drained.clear()
-                try:
-                    async with asyncio.timeout(self.config.drain_timeout):
-                        await self._drained.wait()
-                except TimeoutError:
-                    pass
-            abandoned = self._abandon_leases()
-            if self._io:
-                await asyncio.wait(list(self._io), timeout=self.config.drain_timeout)
-        except BaseException:
-            # close itself cancelled (a second Ctrl-C): still end every lease, or a driver's
-            # thread (aiosqlite) keeps the process alive
-            self._abandon_leases()
-            self._state = CLOSED
-            raise
-        self._state = CLOSED
+        if self._in_use:
+            self._drained.clear()
+            try:
+                async with asyncio.timeout(self.config.drain_timeout):
+                    await self._drained.wait()
+            except TimeoutError:
+                pass
+        abandoned = self._abandon_leases()
+        if self._io:
+            await asyncio.wait(list(self._io), timeout=self.config.drain_timeout)
+        self._abort_closes()
         emit("drain.finished", self.name, f"abandoned={len(abandoned)}", abandoned=len(abandoned))
         return abandoned
 
+    def _abort(self) -> list[LeaseInfo]:
+        """End everything now, without awaiting: leases, connections, background tasks."""
+        self._stop_background()
+        while self._idle:
+            self.connector.terminate(self._idle.pop().conn)
+        abandoned = self._abandon_leases()
+        self._abort_closes()
+        emit("drain.finished", self.name, f"abandoned={len(abandoned)} (cut short)",
+             abandoned=len(abandoned))
+        return abandoned
+
+    def _abort_closes(self) -> None:
+        # a graceful close still waiting on the server (or not even started: a task cancelled
+        # before its first step never runs its except clause) is finished by terminating the socket
+        for task, conn in list(self._closes.items()):
+            task.cancel()
+            self.connector.terminate(conn)
+        self._closes.clear()
+
     def _abandon_leases(self) -> list[LeaseInfo]:
-        """Close the connections of the leases still out, reporting each with where it was taken."""
+        """Close the connections of the leases still out, reporting each with where it was taken.
+
+        A connection the pool itself was using (a ping, a reset) is closed too, but is no lease.
+        """
         abandoned: list[LeaseInfo] = []
         now = _monotonic()
         for rec in list(self._in_use):
-            info = LeaseInfo(self.name, now - rec.lease_start if rec.lease_start else 0.0, rec.route,
-                             format_stack(rec.stack))
+            self._in_use.discard(rec)
+            self.connector.terminate(rec.conn)
+            if not rec.lease_start:
+                continue
+            info = LeaseInfo(self.name, now - rec.lease_start, rec.route, format_stack(rec.stack))
             abandoned.append(info)
             emit("drain.abandoned", self.name, info.describe(), held=info.held_seconds,
                  route=info.route)
-            self._in_use.discard(rec)
             self._discarded["drain"] += 1
-            self.connector.terminate(rec.conn)
             _detach_handles_of(rec)
+        self._drained.set()
         return abandoned
 
     async def __aenter__(self) -> Pool[C]:
@@ -228,7 +235,7 @@ class Pool(PoolUpkeep[C]):
         now = _monotonic()
         return PoolStats(
             resource=self.name, driver=self.connector.driver,
-            state=cast(Any, self._state), circuit="open" if self._breaker.is_open else "closed",
+            state=cast(Any, self._state), circuit=self._breaker.state,
             size=self._size(), idle=len(self._idle), in_use=len(self._in_use),
             connecting=self._connecting, waiting=self._waiters.live,
             min_size=self._min_size, max_size=self._max_size,
@@ -242,6 +249,8 @@ class Pool(PoolUpkeep[C]):
             last_check_seconds=self._last_check_seconds,
             last_check_age=None if self._last_check is None else now - self._last_check,
             ready=self.ready, optional=self.config.optional,
+            refused={"timeout": self._timeouts, "overloaded": self._overloaded,
+                     "backend_down": self._refused["backend_down"], "closed": self._refused["closed"]},
             queue_mode=self._waiters.mode, queue_bound=self._queue_bound(),
             shed=dict(self._waiters.shed_counts), queue_time=self._waiters.sojourn.snapshot(),
         )
@@ -290,35 +299,35 @@ class Pool(PoolUpkeep[C]):
         limit = self.config.acquire_timeout if timeout is None else timeout
         deadline = start + limit
         retry = False
-        while True:
-            queued = self._enqueue(deadline, limit, front=retry)
-            retry = True  # a caller whose connection failed its check keeps its place in line
-            if isinstance(queued, Waiter):
-                # awaited here, not in a helper coroutine: one frame less per queued acquire
-                try:
-                    rec = await queued.fut
-                except BaseException:
-                    self._unqueue(queued)
-                    raise
-            else:
-                rec = queued
-            now = _monotonic()
-            if not self._usable(rec, now):
-                continue
-            if now >= rec.fresh_until or rec.verified_at <= self._invalid_before:
-                try:
-                    async with asyncio.timeout(deadline - now):
-                        ok = await self._ping(rec)
-                except TimeoutError:
-                    raise self._timed_out(limit) from None
-                if not ok:
-                    continue
-                if self._state is not OPEN:  # close() began during the ping
-                    self._put_back(rec)
-                    raise self._closed_error()
+        try:
+            while True:
+                queued = self._enqueue(deadline, limit, front=retry)
+                retry = True  # a caller whose connection failed its check keeps its place in line
+                if isinstance(queued, Waiter):
+                    # awaited here, not in a helper coroutine: one frame less per queued acquire
+                    try:
+                        rec = await queued.fut
+                    except BaseException:
+                        self._unqueue(queued)
+                        raise
+                else:
+                    rec = queued
                 now = _monotonic()
-            self._wait_hist.observe(now - start)
-            return self._lend(rec, now, now - start)
+                if not self._usable(rec, now):
+                    continue
+                if now >= rec.fresh_until or rec.verified_at <= self._invalid_before:
+                    if not await self._check_before_lend(rec, deadline - now, limit):
+                        continue
+                    if self._state is not OPEN:  # close() began during the ping
+                        self._put_back(rec)
+                        raise self._closed_error()
+                    now = _monotonic()
+                self._wait_hist.observe(now - start)
+                return self._lend(rec, now, now - start)
+        except Unavailable as exc:
+            if self._observed:  # tracing records why this caller got no connection, and after how long
+                self._observe_refusal(exc, start)
+            raise
 
     def _enqueue(self, deadline: float, limit: float, *,
                  front: bool = False) -> _Record[C] | Waiter[_Record[C]]:
@@ -418,6 +427,29 @@ class Pool(PoolUpkeep[C]):
             return self._retry_hint()
         return max(0.1, min(self.config.acquire_timeout, (self._waiters.live + 1) / rate))
 
+    def _limit_lease(self, handle: C, route: str) -> asyncio.TimerHandle | None:
+        """End the lease of ``handle`` once it has lasted ``max_response_lease`` (a
+        ``release="response"`` stream whose reader stalls must not pin a connection); the caller
+        cancels the returned timer when the lease ends in time. None when there is no limit."""
+        limit = self.config.max_response_lease
+        h: Any = handle
+        if limit is None or not isinstance(handle, Handle) or h._lg_conn is None:
+            return None
+        rec = h._lg_rec
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.call_later(limit, self._lease_overdue, h, rec, rec.lease_start, limit, route)
+
+    def _lease_overdue(self, handle: Any, rec: _Record[C], start: float, limit: float, route: str) -> None:
+        if handle._lg_conn is None or rec not in self._in_use or rec.lease_start != start:
+            return  # the lease ended in time
+        handle._lg_conn = None  # its holder gets LeaseEnded from now on
+        held = _monotonic() - start
+        self._use_hist.observe(held)
+        emit("lease.overdue", self.name,
+             f"{route} held a connection {held:.3f}s, past max_response_lease={limit}s: lease ended, "
+             "connection closed", held=held, route=route)
+        self._discard(rec, "max_lease")  # terminated: it may be mid-query, so no reset can be trusted
+
     def _usable(self, rec: _Record[C], now: float) -> bool:
         """Sync checks on a connection about to be lent; False when it was recycled or found dead."""
         if rec.generation != self._generation or now >= rec.expires_at:
@@ -429,21 +461,53 @@ class Pool(PoolUpkeep[C]):
             return False
         return True
 
-    async def _ping(self, rec: _Record[C]) -> bool:
-        """Ping a connection due a check; False (and discarded) when it failed."""
-        start = _monotonic()
+    async def _check_before_lend(self, rec: _Record[C], budget: float, limit: float) -> bool:
+        """Ping ``rec`` in a task of the pool's own; True when it may be lent to this caller.
+
+        The caller waits at most ``budget`` (the rest of its acquire_timeout) and returns at once when
+        cancelled: it never waits for a driver's cancel protocol (psycopg may hold a cancelled query
+        for seconds). The ping goes on alone: a healthy connection goes back to the pool instead of
+        being thrown away, a stalled one is terminated after connect_timeout.
+        """
         self._in_use.add(rec)  # counted while the pool itself uses it
         rec.lease_start = 0.0  # but not a lease (yet): leases() and leak detection skip it
         rec.stack = None
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._ping(rec))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        try:
+            async with asyncio.timeout(budget):
+                return await asyncio.shield(task)
+        except BaseException as exc:
+            task.add_done_callback(lambda t: self._ping_settled(t, rec))
+            if isinstance(exc, TimeoutError):
+                raise self._timed_out(limit) from None
+            raise
+
+    def _ping_settled(self, task: asyncio.Task[bool], rec: _Record[C]) -> None:
+        """A ping whose caller gave up has ended: a healthy connection serves the next caller."""
+        if not task.cancelled() and task.exception() is None and task.result():
+            self._put_back(rec)
+
+    async def _ping(self, rec: _Record[C]) -> bool:
+        """Ping a connection due a check; False (and discarded) when it failed."""
+        start = _monotonic()
+        loop = self._loop or asyncio.get_running_loop()
+        # past connect_timeout the socket is cut, not the ping cancelled: a driver's cancel
+        # protocol on a stalled network is itself what stalls
+        cut = loop.call_later(self.config.connect_timeout, self.connector.terminate, rec.conn)
         try:
             await self.connector.ping(rec.conn)
         except Exception as exc:
             self._ping_failed(rec, exc)
             return False
         except BaseException:
-            # cancelled mid-ping: the protocol state is unknown, so the connection goes
+            # cancelled mid-ping (close): the protocol state is unknown, so the connection goes
             self._discard(rec, "cancelled")
             raise
+        finally:
+            cut.cancel()
         done = _monotonic()
         rec.verified_at = done
         self._touch(rec, done)
@@ -460,6 +524,13 @@ class Pool(PoolUpkeep[C]):
         handle._lg_conn = rec.conn
         handle._lg_rec = rec
         return cast(C, handle)
+
+    def _observe_refusal(self, exc: Unavailable, start: float) -> None:
+        wait = _monotonic() - start
+        for listener in self._listeners:
+            on_refused = getattr(listener, "on_refused", None)
+            if on_refused is not None:
+                on_refused(self.name, exc, wait)
 
     def _observe_lend(self, rec: _Record[C], wait: float) -> None:
         if self._leak_on:
@@ -510,6 +581,8 @@ class Pool(PoolUpkeep[C]):
             task = (self._loop or asyncio.get_running_loop()).create_task(self._reset(rec, cancelled))
             self._io.add(task)
             task.add_done_callback(self._io.discard)
+            if cancelled:
+                return None  # a cancelled caller leaves now; the reset goes on, bounded, in its task
             return asyncio.shield(task)  # the reset finishes even if the releasing task is cancelled
         if self._blocked or self._shrinking or now >= rec.expires_at or rec.generation != self._generation:
             self._free(rec, now)  # recycling, draining, paused: the general path

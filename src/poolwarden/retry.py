@@ -1,11 +1,12 @@
-"""Backoff (exponential, full jitter, capped) and the circuit breaker state machine."""
+"""Backoff (exponential, full jitter, capped) for reconnects, and the circuit breaker state machine."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["Backoff", "CircuitBreaker", "set_testing"]
+__all__ = ["Backoff", "CircuitBreaker", "CircuitState", "set_testing"]
 
 _testing = False
 
@@ -30,46 +31,71 @@ class Backoff:
         return random.uniform(0.0, cap)
 
 
+CircuitState = Literal["closed", "open", "half_open"]
+
+
 @dataclass(slots=True)
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures; probes on a backoff schedule until one succeeds.
+    """Closed until ``threshold`` consecutive failures; then open, probed every ``probe_interval``.
 
-    Pure state: the pool asks it what to do and runs the I/O itself.
+    ``open``: callers are refused at once, no I/O reaches the backend but one probe per
+    ``probe_interval`` (jittered +-10%, so replicas do not probe in step). ``half_open``: that probe is
+    in flight; callers are still refused, and its outcome closes the circuit or re-opens it. The probe
+    cadence is a setting of its own, not the reconnect backoff: a long outage must not stretch the
+    time between the backend coming back and the service serving again (HikariCP and resilience4j
+    make the same split). Pure state: the owner runs the probe's I/O and reports the outcome.
     """
 
     threshold: int
-    backoff: Backoff
+    probe_interval: float = 0.25
     failures: int = 0
-    is_open: bool = False
+    state: CircuitState = "closed"
     next_probe: float = 0.0
-    _probe_attempt: int = field(default=0)
+    probes: int = 0  # probes started since the circuit last opened
+
+    @property
+    def is_open(self) -> bool:
+        """True while callers must be refused (open or half-open)."""
+        return self.state != "closed"
 
     def record_success(self) -> bool:
         """Reset the failure count; True when this closed an open circuit."""
-        was_open = self.is_open
+        was_open = self.state != "closed"
         self.failures = 0
-        self.is_open = False
-        self._probe_attempt = 0
+        self.state = "closed"
+        self.probes = 0
         return was_open
 
     def record_failure(self, now: float) -> bool:
-        """Count one failure; True when this opened the circuit."""
+        """Count one failure; True when this opened a closed circuit."""
         self.failures += 1
-        if self.is_open:
+        if self.state != "closed":
+            self.state = "open"  # a failed probe: the next one after probe_interval
             self._schedule(now)
             return False
         if self.failures >= self.threshold:
-            self.is_open = True
-            self._probe_attempt = 0
+            self.state = "open"
+            self.probes = 0
             self._schedule(now)
             return True
         return False
 
+    def begin_probe(self, now: float) -> bool:
+        """True (and half-open) when a probe is due now; the caller then runs it and reports."""
+        if self.state != "open" or now < self.next_probe:
+            return False
+        self.state = "half_open"
+        self.probes += 1
+        return True
+
     def retry_after(self, now: float) -> float:
-        return max(0.0, self.next_probe - now) if self.is_open else 0.0
+        """Seconds until a caller may expect the next probe's outcome (0.0 when closed)."""
+        if self.state == "closed":
+            return 0.0
+        if self.state == "half_open":
+            return self.probe_interval  # the probe in flight, or the one after it
+        return max(0.0, self.next_probe - now)
 
     def _schedule(self, now: float) -> None:
-        # at least a tenth of the initial wait, so a dead backend is never probed in a busy loop
-        floor = 0.0 if _testing else self.backoff.wait_initial / 10
-        self.next_probe = now + max(floor, self.backoff.delay(self._probe_attempt))
-        self._probe_attempt += 1
+        delay = 0.0 if _testing else self.probe_interval * random.uniform(0.9, 1.1)
+        self.next_probe = now + delay

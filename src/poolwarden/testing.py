@@ -155,8 +155,9 @@ class FakeConnector:
         self.pings += 1
         if self.ping_delay:
             await asyncio.sleep(self.ping_delay)
-        if self.hang_ping:
-            await asyncio.Event().wait()
+        while self.hang_ping and not conn.closed:  # a stalled network: only cutting the socket ends it
+            await asyncio.sleep(0.005)
+        conn._check()
         if self.fail_pings:
             raise FakeDisconnect("fake ping failed")
         await conn.execute("SELECT 1")

@@ -16,27 +16,27 @@ from collections import Counter, deque
 from collections.abc import Coroutine
 from typing import Any, Generic, TypeVar, cast
 
-from poolwarden.config import PoolConfig, Secrets
+from poolwarden.config import PoolConfig, Secrets, public_error
 from poolwarden.connectors.base import Connector, ServerInfo
-from poolwarden.errors import BackendDown, PoolClosed, PoolwardenError
+from poolwarden.errors import PoolwardenError
 from poolwarden.lease import _Record
+from poolwarden.lifecycle import CLOSED, DRAINING, NEW, OPEN, Lifecycle
 from poolwarden.observe.events import emit
 from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.leaks import LeaseInfo, format_stack
 from poolwarden.observe.stats import Histogram, HistogramSnapshot
-from poolwarden.retry import Backoff, CircuitBreaker
+from poolwarden.retry import Backoff
 from poolwarden.waitqueue import WaitQueue, fail_in_batches
 
-__all__ = ["PoolUpkeep"]
+__all__ = ["CLOSED", "DRAINING", "NEW", "OPEN", "PoolUpkeep"]
 
 C = TypeVar("C")
 
-NEW, OPEN, DRAINING, CLOSED = "new", "open", "draining", "closed"
 _monotonic = time.monotonic
 _log = logging.getLogger("poolwarden")
 
 
-class PoolUpkeep(Generic[C]):
+class PoolUpkeep(Lifecycle, Generic[C]):
     """The state of a pool and everything that keeps it sized and healthy (see :class:`Pool`)."""
 
     def __init__(self, name: str, connector: Connector[C], config: PoolConfig | None = None, *,
@@ -46,7 +46,8 @@ class PoolUpkeep(Generic[C]):
         self.config = cfg
         self.connector = connector
         self._secrets = secrets or Secrets(cfg.secrets)
-        self._state = NEW
+        self._init_lifecycle(cfg)
+        self._run = 0  # one per open(): tasks of an earlier run must not touch this one's counts
         self._paused = False
         self._blocked = True  # not open, or paused: the hot path steps aside
         self._min_size = cfg.min_size
@@ -75,11 +76,9 @@ class PoolUpkeep(Generic[C]):
         # housekeeper, so DEBUG switched on at runtime shows lend/return events within one tick.
         self._observed = False
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
-        self._breaker = CircuitBreaker(cfg.failure_threshold, self._backoff)
         self._bg: set[asyncio.Task[Any]] = set()  # cancelled at close
         self._io: set[asyncio.Task[Any]] = set()  # resets and closes: awaited at close
-        self._probe: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._closes: dict[asyncio.Task[Any], C] = {}  # graceful closes in flight: terminated on abort
         self._drained = asyncio.Event()
         self._ever_connected = False
         self._listeners: list[PoolListener] = []
@@ -89,13 +88,11 @@ class PoolUpkeep(Generic[C]):
         self._acquired = 0  # slow-path lends; hot-path ones are counted in _fast_lends
         self._timeouts = 0
         self._overloaded = 0
-        self._connect_errors = 0
         self._pings_failed = 0
         self._discarded: Counter[str] = Counter()
         self._wait_hist = Histogram()
         self._use_hist = Histogram()
         self._connect_hist = Histogram()
-        self._last_error: str | None = None
         self._last_check: float | None = None
         self._last_check_seconds: float | None = None
 
@@ -109,14 +106,18 @@ class PoolUpkeep(Generic[C]):
         self._observed = bool(self._leak_on or self._listeners or _log.isEnabledFor(logging.DEBUG))
 
     def _handle_lost(self, rec: _Record[C]) -> None:
-        """Called from a handle's finaliser: recover the slot on the loop, not inside the GC."""
-        if self._state in (NEW, CLOSED):
+        """Called from a handle's finaliser: recover the slot on the pool's loop, not inside the GC.
+
+        The collector may run on any thread (``gc.collect()`` in ``asyncio.to_thread``), so the
+        recovery is handed over with ``call_soon_threadsafe``, never through the current thread's loop.
+        """
+        loop = self._loop
+        if self._state in (NEW, CLOSED) or loop is None or loop.is_closed():
             return
         try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        loop.call_soon(self._recover_lost, rec)
+            loop.call_soon_threadsafe(self._recover_lost, rec)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass
 
     def _recover_lost(self, rec: _Record[C]) -> None:
         if rec not in self._in_use:
@@ -200,15 +201,15 @@ class PoolUpkeep(Generic[C]):
 
     def _spawn_connect(self) -> None:
         self._connecting += 1  # counted before the task runs, so _grow never overshoots
-        self._spawn_bg(self._connect_loop())
+        self._spawn_bg(self._connect_loop(self._run))
 
-    async def _connect_loop(self) -> None:
+    async def _connect_loop(self, run: int) -> None:
         attempt = 0
         conn: C | None = None
         start = _monotonic()
         try:
             while True:
-                if self._state is not OPEN or self._breaker.is_open:
+                if self._state is not OPEN or self._breaker.is_open or run != self._run:
                     return
                 start = _monotonic()
                 try:
@@ -222,24 +223,24 @@ class PoolUpkeep(Generic[C]):
                     continue
                 break
         finally:
-            self._connecting -= 1
-        self._connected(conn, start)
+            if run == self._run:
+                self._connecting -= 1
+        self._connected(conn, start, run)
 
     def _still_wanted(self) -> bool:
         # this task's own slot is counted in _connecting, hence the -1
         return bool(self._waiters) or self._size() - 1 < max(self._min_size, 0 if self._ever_connected else 1)
 
-    def _connected(self, conn: C, start: float) -> None:
+    def _connected(self, conn: C, start: float, run: int) -> None:
+        if self._state is not OPEN or run != self._run:
+            self.connector.terminate(conn)  # closed (or closed and re-opened) while it connected
+            return
         now = _monotonic()
         self._connect_hist.observe(now - start)
         for listener in self._listeners:
             listener.on_connected(self.name, now - start)
         self._mark_checked(now, now - start)
-        if self._breaker.record_success():
-            emit("circuit.closed", self.name, "the backend answers again")
-        if self._state is not OPEN:
-            self.connector.terminate(conn)
-            return
+        self._backend_ok()
         self._ever_connected = True
         cfg = self.config
         lifetime = float("inf") if cfg.max_lifetime is None else cfg.max_lifetime * random.uniform(0.9, 1.1)
@@ -248,43 +249,41 @@ class PoolUpkeep(Generic[C]):
         rec = _Record(self, conn, now, now + lifetime, self._generation, keepalive, self._check_after)
         emit("connection.opened", self.name, f"in {now - start:.3f}s", seconds=now - start)
         self._put_back(rec)
-        if not self._ready.is_set() and len(self._idle) + len(self._in_use) >= max(self._min_size, 1):
-            self._ready.set()
+        if not self._settled.is_set() and len(self._idle) + len(self._in_use) >= max(self._min_size, 1):
+            self._settled.set()
             emit("pool.ready", self.name)
 
     def _connect_failed(self, exc: Exception) -> None:
-        self._connect_errors += 1
-        self._last_error = self._describe(exc)
-        now = _monotonic()
-        emit("connection.failed", self.name, self._last_error, error=self._last_error)
-        if self._breaker.record_failure(now):
-            retry = self._breaker.retry_after(now)
-            emit("circuit.opened", self.name,
-                 f"{self._breaker.failures} connects failed in a row; next probe in {retry:.2f}s",
-                 failures=self._breaker.failures, retry_after=retry)
-            self._fail_waiters(self._down_error())
-            if self._probe is None or self._probe.done():
-                self._probe = self._spawn_bg(self._probe_loop())
+        error = self._describe(exc)
+        emit("connection.failed", self.name, self._secrets.describe(exc), error=error)
+        self._backend_failed(error)
 
-    async def _probe_loop(self) -> None:
-        """While the circuit is open, one connect at a time on the backoff schedule closes it."""
-        while self._state is OPEN and self._breaker.is_open:
-            await asyncio.sleep(max(0.0, self._breaker.next_probe - _monotonic()))
-            if self._size() >= self._max_size:
-                self._breaker.next_probe = _monotonic() + self.config.backoff_initial
-                continue
-            self._connecting += 1
-            start = _monotonic()
-            try:
-                conn = await self.connector.connect(self.config.connect_timeout)
-            except Exception as exc:
-                self._connect_failed(exc)
-                continue
-            finally:
-                self._connecting -= 1
-            self._connected(conn, start)
-            self._grow()
+    def _circuit_opened(self) -> None:
+        self._refused["backend_down"] += self._waiters.live
+        self._fail_waiters(self._down_error(count=False))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _probe_once(self) -> None:
+        """One connect while the circuit is open; its connection is lent at once on success."""
+        run = self._run
+        if self._size() >= self._max_size:
+            self._breaker.record_failure(_monotonic())  # no room to probe now: next interval
             return
+        self._connecting += 1
+        start = _monotonic()
+        try:
+            conn = await self.connector.connect(self.config.connect_timeout)
+        except Exception as exc:
+            self._connect_failed(exc)
+            return
+        finally:
+            if run == self._run:
+                self._connecting -= 1
+        self._connected(conn, start, run)
+        self._grow()
 
     def _dead(self, rec: _Record[C], now: float) -> None:
         """A connection found dead: discard it, and check every older one before it is lent."""
@@ -295,7 +294,7 @@ class PoolUpkeep(Generic[C]):
         self._pings_failed += 1
         self._last_error = self._describe(exc)
         self._invalid_before = _monotonic()  # older connections likely share its fate: check them
-        emit("ping.failed", self.name, self._last_error, error=self._last_error)
+        emit("ping.failed", self.name, self._secrets.describe(exc), error=self._last_error)
         self._discard(rec, "ping_failed")
 
     def _close_conn(self, conn: C, *, graceful: bool) -> None:
@@ -307,7 +306,12 @@ class PoolUpkeep(Generic[C]):
             return
         task = self._loop.create_task(self._close_gracefully(conn))
         self._io.add(task)
-        task.add_done_callback(self._io.discard)
+        self._closes[task] = conn
+        task.add_done_callback(self._closed_one)
+
+    def _closed_one(self, task: asyncio.Task[Any]) -> None:
+        self._io.discard(task)
+        self._closes.pop(task, None)
 
     async def _close_gracefully(self, conn: C) -> None:
         try:
@@ -401,7 +405,9 @@ class PoolUpkeep(Generic[C]):
         self._last_check_seconds = seconds
 
     def _describe(self, exc: BaseException) -> str:
-        return self._secrets.scrub(f"{type(exc).__name__}: {exc}")
+        # public (stats, health, problem bodies, BackendDown): the class and SQLSTATE; the driver's
+        # text goes to the log only, through self._secrets.describe
+        return public_error(exc)
 
     def _retry_hint(self) -> float:
         wait = self._wait_hist
@@ -411,15 +417,3 @@ class PoolUpkeep(Generic[C]):
         return (f"{self.name}: no connection free within {limit}s (size={self._size()}, "
                 f"in_use={len(self._in_use)}, idle={len(self._idle)}, waiting={self._waiters.live}, "
                 f"max_size={self._max_size})")
-
-    def _down_error(self) -> BackendDown:
-        # never 0: while a probe is due or in flight, clients should still back off a little
-        retry = max(self._breaker.retry_after(_monotonic()), self.config.backoff_initial)
-        return BackendDown(f"{self.name}: backend down after {self._breaker.failures} failed connects; "
-                           f"last error: {self._last_error}", resource=self.name, retry_after=retry)
-
-    def _closed_error(self) -> PoolClosed:
-        if self._state is NEW:
-            return PoolClosed(f"{self.name}: the pool is not open (use `async with`, open() or the "
-                              "Warden lifespan)", resource=self.name)
-        return PoolClosed(f"{self.name}: the pool is {self._state}", resource=self.name)

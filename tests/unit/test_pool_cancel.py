@@ -108,25 +108,48 @@ async def test_acquire_timeout_during_a_slow_connect_keeps_the_connection(make_p
     assert connector.connects == 1
 
 
-async def test_cancel_during_the_pre_lend_ping_discards_that_connection(make_pool: MakePool) -> None:
-    """An acquire cancelled while its connection is being pinged discards it and the size recovers."""
-    connector = FakeConnector(ping_delay=0.5)
+async def test_cancel_during_the_pre_lend_ping_keeps_the_healthy_connection(make_pool: MakePool) -> None:
+    """An acquire cancelled while its connection is pinged returns at once; the ping finishes on its
+    own and the healthy connection goes back to the pool instead of being thrown away (issue 9.9)."""
+    connector = FakeConnector(ping_delay=0.2)
     pool = make_pool(connector, min_size=1, max_size=1, check_after_idle=0, acquire_timeout=5)
     await pool.open()
     first = connector.connections[0]
     waiter = acquire_task(pool)
     await wait_until(lambda: connector.pings == 1)
     assert pool.stats().in_use == 1  # counted while the pool pings it
+    start = time.monotonic()
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert first.closed
-    assert pool.stats().discarded == {"cancelled": 1}
+    assert time.monotonic() - start < 0.1  # the caller did not wait for the ping
     await wait_until(lambda: pool.stats().idle == 1)
+    assert not first.closed
+    assert pool.stats().discarded == {}
     assert_quiet(pool)
     connector.ping_delay = 0
     async with pool.acquire(timeout=1) as conn:
-        assert conn.id != first.id
+        assert conn.id == first.id
+    assert connector.connects == 1
+
+
+async def test_acquire_timeout_holds_while_the_pre_lend_ping_stalls(make_pool: MakePool) -> None:
+    """A stalled pre-lend ping cannot stretch acquire_timeout (psycopg's cancel protocol did, issue
+    9.5): PoolTimeout comes on time, and the stalled connection is cut after connect_timeout."""
+    connector = FakeConnector()
+    pool = make_pool(connector, min_size=1, max_size=1, check_after_idle=0, connect_timeout=0.3)
+    await pool.open()
+    first = connector.connections[0]
+    connector.hang_ping = True
+    start = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        await pool.acquire(timeout=0.1)
+    assert time.monotonic() - start < 0.2
+    await wait_until(lambda: first.closed)  # terminated at connect_timeout, then replaced
+    connector.hang_ping = False
+    await wait_until(lambda: pool.stats().idle == 1)
+    assert pool.stats().discarded == {"ping_failed": 1}
+    assert_quiet(pool)
 
 
 async def test_cancelled_release_still_finishes_the_rollback(make_pool: MakePool) -> None:
@@ -179,7 +202,8 @@ async def test_cancelled_body_in_a_transaction_is_rolled_back_and_rechecked(make
 
 
 async def test_hanging_cleanup_after_a_cancel_is_bounded_by_reset_timeout(make_pool: MakePool) -> None:
-    """If the post-cancel check hangs, reset_timeout bounds it and the connection is discarded, not lost."""
+    """If the post-cancel check hangs, reset_timeout bounds it and the connection is discarded, not
+    lost; the cancelled caller itself leaves at once (issue 9.9: it never waits for the reset)."""
     connector = FakeConnector()
     pool = make_pool(connector, min_size=1, max_size=1, reset_timeout=0.05)
     await pool.open()
@@ -193,10 +217,12 @@ async def test_hanging_cleanup_after_a_cancel_is_bounded_by_reset_timeout(make_p
     task = asyncio.create_task(endpoint())
     await started.wait()
     connector.hang_ping = True
+    start = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert pool.stats().discarded == {"reset_failed": 1}
+    assert time.monotonic() - start < 0.04  # the cancelled caller does not wait for the reset
+    await wait_until(lambda: pool.stats().discarded == {"reset_failed": 1})
     connector.hang_ping = False
     await wait_until(lambda: pool.stats().idle == 1)
     assert_quiet(pool)

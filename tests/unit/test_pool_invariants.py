@@ -118,7 +118,7 @@ async def _workload(seed: int, duration: float) -> Watch:
         acquire_timeout=0.05, max_waiting=rng.choice([0, 6]),
         check_after_idle=rng.choice([None, 0, 0.003]),
         max_lifetime=rng.choice([None, 0.05]), keepalive_interval=rng.choice([None, 0.02]),
-        failure_threshold=3, backoff_initial=0.001, backoff_max=0.004,
+        failure_threshold=3, backoff_initial=0.001, backoff_max=0.004, probe_interval=0.005,
         connect_timeout=0.05, reset_timeout=0.05, drain_timeout=0.5,
     )
     watch = Watch(pool)

@@ -56,69 +56,82 @@ def test_no_backoff_fixture_zeroes_delays(no_backoff: None) -> None:
 
 
 def test_breaker_stays_closed_below_the_threshold() -> None:
-    """Fewer than ``threshold`` consecutive failures leave the circuit closed."""
-    breaker = CircuitBreaker(3, Backoff(0.1, 1.0))
+    """Fewer consecutive failures than the threshold leave the circuit closed."""
+    breaker = CircuitBreaker(3, 0.25)
     assert breaker.record_failure(0.0) is False
-    assert breaker.record_failure(1.0) is False
-    assert not breaker.is_open
-    assert breaker.retry_after(1.0) == 0.0
+    assert breaker.record_failure(0.0) is False
+    assert breaker.state == "closed"
+    assert breaker.retry_after(0.0) == 0.0
 
 
-def test_breaker_opens_at_the_threshold_and_schedules_a_probe() -> None:
-    """The threshold-th consecutive failure opens the circuit (reported once) with a future probe."""
-    breaker = CircuitBreaker(3, Backoff(0.1, 1.0))
-    opened = [breaker.record_failure(100.0) for _ in range(3)]
-    assert opened == [False, False, True]
+def test_breaker_opens_at_the_threshold_and_schedules_a_probe_one_interval_away() -> None:
+    """The threshold-th failure opens the circuit, with the next probe one probe_interval (+-10%) away."""
+    breaker = CircuitBreaker(3, 0.25)
+    breaker.record_failure(100.0)
+    breaker.record_failure(100.0)
+    assert breaker.record_failure(100.0) is True
+    assert breaker.state == "open"
     assert breaker.is_open
-    assert 100.0 + 0.01 <= breaker.next_probe <= 100.0 + 0.1
+    assert 100.0 + 0.225 <= breaker.next_probe <= 100.0 + 0.275
     assert breaker.retry_after(100.0) == pytest.approx(breaker.next_probe - 100.0)
     assert breaker.retry_after(breaker.next_probe + 5) == 0.0
-    assert breaker.record_failure(100.5) is False  # a failed probe does not re-open
-    assert breaker.is_open
 
 
 @pytest.mark.usefixtures("seeded")
-def test_failed_probes_back_off_exponentially_up_to_wait_max() -> None:
-    """Each failed probe pushes the next one further out, within the backoff cap."""
-    breaker = CircuitBreaker(1, Backoff(0.1, 0.8))
-    caps = [0.1, 0.2, 0.4, 0.8, 0.8, 0.8]
-    widest = [0.0] * len(caps)
-    for _ in range(300):
-        breaker.record_success()
-        breaker.record_failure(0.0)  # opens: probe 0
-        for i, cap in enumerate(caps):
-            if i:
-                breaker.record_failure(0.0)
-            assert 0.01 <= breaker.next_probe <= cap
-            widest[i] = max(widest[i], breaker.next_probe)
-    assert widest[3] > 0.4  # the range really grew
+def test_probe_cadence_does_not_grow_with_the_outage() -> None:
+    """However many probes failed, the next one is still one probe_interval away: a long outage
+    never delays recovery (issue 8.1; it used to follow the reconnect backoff, up to 10 s)."""
+    breaker = CircuitBreaker(1, 0.25)
+    now = 0.0
+    breaker.record_failure(now)
+    for _ in range(1000):
+        now = breaker.next_probe
+        assert breaker.begin_probe(now)
+        assert breaker.state == "half_open"
+        assert breaker.record_failure(now) is False
+        assert breaker.is_open
+        assert not breaker.begin_probe(now)  # open again: the next probe is one interval away
+        assert 0.225 <= breaker.next_probe - now <= 0.275
 
 
-def test_probe_delay_has_a_floor_so_a_dead_backend_is_not_hammered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even a zero jitter draw waits a tenth of wait_initial before the next probe."""
-    monkeypatch.setattr(random, "uniform", lambda a, b: 0.0)
-    breaker = CircuitBreaker(1, Backoff(0.5, 2.0))
-    breaker.record_failure(10.0)
-    assert breaker.next_probe == pytest.approx(10.05)
+def test_half_open_admits_one_probe_and_refuses_early_ones() -> None:
+    """A probe is admitted only when due, and only one at a time (half-open)."""
+    breaker = CircuitBreaker(1, 0.25)
+    breaker.record_failure(0.0)
+    assert breaker.begin_probe(0.0) is False  # not due yet
+    assert breaker.begin_probe(breaker.next_probe) is True
+    assert breaker.begin_probe(breaker.next_probe + 1) is False  # one in flight
+    assert breaker.retry_after(breaker.next_probe) == 0.25  # honest: about one interval
+    assert breaker.record_success() is True
+    assert breaker.state == "closed"
+
+
+def test_testing_switch_makes_probes_due_at_once() -> None:
+    """With the testing switch on, a probe is due immediately (tests never sleep)."""
+    set_testing(True)
+    try:
+        breaker = CircuitBreaker(1, 5.0)
+        breaker.record_failure(10.0)
+        assert breaker.next_probe == 10.0
+    finally:
+        set_testing(False)
 
 
 def test_success_closes_the_circuit_and_resets_the_count() -> None:
     """A success closes an open circuit (reported once) and forgets earlier failures."""
-    breaker = CircuitBreaker(2, Backoff(0.1, 1.0))
+    breaker = CircuitBreaker(2, 0.25)
     breaker.record_failure(0.0)
     breaker.record_failure(0.0)
     assert breaker.is_open
     assert breaker.record_success() is True
-    assert not breaker.is_open
-    assert breaker.failures == 0
-    assert breaker.retry_after(0.0) == 0.0
     assert breaker.record_success() is False
+    assert (breaker.failures, breaker.state) == (0, "closed")
 
 
 def test_only_consecutive_failures_open_the_circuit() -> None:
-    """A success between failures restarts the count."""
-    breaker = CircuitBreaker(2, Backoff(0.1, 1.0))
-    for _ in range(5):
-        assert breaker.record_failure(0.0) is False
-        breaker.record_success()
+    """A success between failures resets the count."""
+    breaker = CircuitBreaker(2, 0.25)
+    breaker.record_failure(0.0)
+    breaker.record_success()
+    assert breaker.record_failure(0.0) is False
     assert not breaker.is_open

@@ -20,12 +20,13 @@ from typing import Any, Generic, TypeVar
 
 from poolwarden.clients.base import ClientDriver, Occupancy
 from poolwarden.clients.config import ClientConfig
-from poolwarden.config import DSN, Secrets
-from poolwarden.errors import BackendDown, ConfigError, PoolClosed
+from poolwarden.config import DSN, Secrets, public_error
+from poolwarden.errors import ConfigError
+from poolwarden.lifecycle import OPEN, OPENING, Lifecycle
 from poolwarden.observe.events import emit
 from poolwarden.observe.leaks import LeaseInfo
-from poolwarden.observe.stats import Histogram, PoolState, PoolStats
-from poolwarden.retry import Backoff, CircuitBreaker
+from poolwarden.observe.stats import Histogram, PoolStats
+from poolwarden.retry import Backoff
 
 __all__ = ["Client"]
 
@@ -36,7 +37,7 @@ _EMPTY = Histogram().snapshot()  # no leases, so no wait, use or connect times o
 _NONE = Occupancy()
 
 
-class Client(Generic[T]):
+class Client(Lifecycle, Generic[T]):
     """A shared driver client declared with ``warden.client(...)``; opened and closed by the lifespan.
 
     In FastAPI use ``Annotated[Redis, cache.depends]`` (or ``cache.client``); elsewhere ``cache.get()``.
@@ -45,6 +46,9 @@ class Client(Generic[T]):
     ``open()`` with ``startup="wait"`` raises :class:`BackendDown` when no ping succeeded within
     ``startup_timeout``.
     """
+
+    _kind = "client"
+    _probe_noun = "pings"
 
     def __init__(self, name: str, driver: ClientDriver[T], config: ClientConfig | None = None,
                  dsn: DSN | None = None) -> None:
@@ -55,105 +59,82 @@ class Client(Generic[T]):
         self.dsn = dsn  # str() and repr() of a DSN are redacted
         self._secrets = Secrets((*(dsn.secrets.values if dsn else ()), *cfg.secrets))
         self._pings = bool(getattr(driver, "pings", True))
-        self._state: PoolState = "new"
+        self._init_lifecycle(cfg)
         self._client: T | None = None
-        self._breaker = CircuitBreaker(cfg.failure_threshold, Backoff(cfg.backoff_initial, cfg.backoff_max))
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self._watcher: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
         self._wake = asyncio.Event()  # a request saw a disconnect: check now rather than at the next tick
         self._ever_ok = False
         self._handed = 0
-        self._connect_errors = 0
         self._pings_failed = 0
-        self._last_error: str | None = None
         self._last_check: float | None = None
         self._last_check_seconds: float | None = None
 
     def __repr__(self) -> str:
-        circuit = "open" if self._breaker.is_open else "closed"
         return (f"<Client {self.name!r} {self.driver.driver} {self._state} ready={self.ready} "
-                f"circuit={circuit}>")
+                f"circuit={self._breaker.state}>")
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    # -- lifecycle: open(), wait_ready() and close() come from Lifecycle (shared with Pool) ----------
 
-    async def open(self, wait: bool | None = None) -> None:
-        """Make the client and start its health check; with ``wait`` (default: ``startup == "wait"``)
-        block until a ping succeeds, or close and raise :class:`BackendDown` after ``startup_timeout``."""
-        if self._state == "open":
-            return
-        if self._state != "new":
-            raise PoolClosed(f"{self.name}: a closed client cannot be opened again", resource=self.name)
-        self._state = "opening"
+    async def _start(self) -> None:
+        self._state = OPENING
         try:
             client = await self.driver.open()
         except Exception as exc:
-            self._state = "new"
             raise ConfigError(f"{self.name}: could not make the {self.driver.driver} client: "
                               f"{self._describe(exc)}", resource=self.name) from None
-        if self._state != "opening":  # closed while the driver was making it
-            await self.driver.close(client)
-            raise self._closed_error()
+        if self._state != OPENING:  # closed while the driver was making it
+            _close_later(self.driver, client, self.config.connect_timeout)
+            raise self._closed_error("closed while opening")
         self._client = client
-        self._state = "open"
+        self._state = OPEN
         emit("client.opened", self.name, f"driver={self.driver.driver}", driver=self.driver.driver)
         if not self._pings:
             self._became_ready()
             return
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"poolwarden {self.name}")
-        if wait is None:
-            wait = self.config.startup == "wait"
-        if not wait:
-            return
-        try:
-            ok = await self.wait_ready(self.config.startup_timeout)
-        except BaseException:
-            await self.close()
-            raise
-        if not ok:
-            cause = self._last_error or "no ping completed"
-            await self.close()
-            raise BackendDown(f"{self.name}: no successful ping within startup_timeout="
-                              f"{self.config.startup_timeout}s; last error: {cause}",
-                              resource=self.name, retry_after=self.config.backoff_max)
+        self._probe = self._watcher  # the watcher probes the open circuit itself
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first successful ping; False if there was none."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            return False
-        return True
+    @property
+    def _started(self) -> bool:
+        return self._ever_ok
 
-    async def close(self) -> list[LeaseInfo]:
-        """Stop the health check and close the driver client within ``connect_timeout``.
+    def _prepare_reopen(self) -> None:
+        self._ever_ok = False
+        self._wake = asyncio.Event()
+        self._watcher = None
 
-        Returns no leases (a client lends none); the list keeps the shape of ``Pool.close``.
-        """
-        if self._state in ("draining", "closed"):
-            return []
-        if self._state == "new":
-            self._state = "closed"
-            return []
-        self._state = "draining"
+    async def _drain(self) -> list[LeaseInfo]:
+        """Stop the health check and close the driver client within ``connect_timeout``."""
         watcher, self._watcher = self._watcher, None
         client, self._client = self._client, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if client is None:
+            return []
         try:
-            if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
-            if client is not None:
-                async with asyncio.timeout(self.config.connect_timeout):
-                    await self.driver.close(client)
-        except Exception as exc:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await self.driver.close(client)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                _close_later(self.driver, client, self.config.connect_timeout)
+                raise
             self._last_error = self._describe(exc)
-            emit("client.closed", self.name, f"close failed: {self._last_error}", level=logging.WARNING,
-                 error=self._last_error)
+            emit("client.closed", self.name, f"close failed: {self._secrets.describe(exc)}",
+                 level=logging.WARNING, error=self._last_error)
         else:
             emit("client.closed", self.name)
-        finally:
-            self._state = "closed"
+        return []  # a client lends no leases; the list keeps the shape of Pool.close
+
+    def _abort(self) -> list[LeaseInfo]:
+        watcher, self._watcher = self._watcher, None
+        client, self._client = self._client, None
+        if watcher is not None:
+            watcher.cancel()
+        if client is not None:
+            _close_later(self.driver, client, self.config.connect_timeout)
+        emit("client.closed", self.name, "cut short")
         return []
 
     async def __aenter__(self) -> Client[T]:
@@ -217,7 +198,7 @@ class Client(Generic[T]):
         occ = self._occupancy()
         return PoolStats(
             resource=self.name, driver=self.driver.driver, state=self._state,
-            circuit="open" if self._breaker.is_open else "closed",
+            circuit=self._breaker.state,
             size=occ.idle + occ.in_use, idle=occ.idle, in_use=occ.in_use, connecting=0, waiting=0,
             min_size=0, max_size=occ.max_size, acquired=self._handed, released=self._handed,
             discarded={}, timeouts=0, overloaded=0, connect_errors=self._connect_errors,
@@ -226,25 +207,31 @@ class Client(Generic[T]):
             last_check_seconds=self._last_check_seconds,
             last_check_age=None if self._last_check is None else now - self._last_check,
             ready=self.ready, optional=self.config.optional, extra={"kind": "client"},
+            refused=dict(self._refused),
         )
 
     # -- health ----------------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Ping: with backoff until one succeeds, every health_interval while healthy, on the
-        breaker's probe schedule while the circuit is open."""
+        """Ping: with backoff until one succeeds, every health_interval while healthy, every
+        probe_interval (the shared circuit's probe loop) while the circuit is open."""
         attempt = 0
-        while True:
+        while self._state == OPEN:
+            if self._breaker.is_open:
+                await self._probe_loop()
+                attempt = 0
+                continue
             if await self._check():
                 attempt = 0
                 interval = self.config.health_interval
                 await self._sleep(None if interval is None else interval * random.uniform(0.9, 1.1),
                                   wakeable=True)
-            elif self._breaker.is_open:
-                await self._sleep(max(0.0, self._breaker.next_probe - _monotonic()), wakeable=False)
-            else:
+            elif not self._breaker.is_open:
                 await self._sleep(self._backoff.delay(attempt), wakeable=False)
                 attempt += 1
+
+    async def _probe_once(self) -> None:
+        await self._check()
 
     async def _sleep(self, delay: float | None, *, wakeable: bool) -> None:
         # Only a healthy client is woken early: while failing, the backoff paces the pings, not the
@@ -278,32 +265,24 @@ class Client(Generic[T]):
             return False
         now = _monotonic()
         self._last_check, self._last_check_seconds = now, now - start
-        if self._breaker.record_success():
-            emit("circuit.closed", self.name, "the backend answers again")
+        self._backend_ok()
         if not self._ever_ok:
             self._became_ready()
         return True
 
     def _check_failed(self, exc: Exception) -> None:
-        if not self.ready:
-            self._connect_errors += 1  # failing to (re)reach the backend, not a blip of a healthy one
         self._pings_failed += 1
         if isinstance(exc, TimeoutError) and not str(exc):
-            limit = self.config.connect_timeout
-            self._last_error = f"TimeoutError: no answer within connect_timeout={limit}s"
+            error = f"TimeoutError: no answer within connect_timeout={self.config.connect_timeout}s"
         else:
-            self._last_error = self._describe(exc)
-        emit("ping.failed", self.name, self._last_error, error=self._last_error)
-        now = _monotonic()
-        if self._breaker.record_failure(now):
-            retry = self._breaker.retry_after(now)
-            emit("circuit.opened", self.name,
-                 f"{self._breaker.failures} pings failed in a row; next probe in {retry:.2f}s",
-                 failures=self._breaker.failures, retry_after=retry)
+            error = self._describe(exc)
+        emit("ping.failed", self.name, self._secrets.describe(exc) if str(exc) else error, error=error)
+        # failing to (re)reach the backend counts as a connect error, not a blip of a healthy one
+        self._backend_failed(error, count=not self.ready)
 
     def _became_ready(self) -> None:
         self._ever_ok = True
-        self._ready.set()
+        self._settled.set()
         emit("client.ready", self.name)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -320,15 +299,24 @@ class Client(Generic[T]):
         return occ if isinstance(occ, Occupancy) else _NONE
 
     def _describe(self, exc: BaseException) -> str:
-        return self._secrets.scrub(f"{type(exc).__name__}: {exc}")
+        # public (stats, health, problem bodies, BackendDown): the class and SQLSTATE; the driver's
+        # text goes to the log only, through self._secrets.describe
+        return public_error(exc)
 
-    def _down_error(self) -> BackendDown:
-        retry = max(self._breaker.retry_after(_monotonic()), self.config.backoff_initial)
-        return BackendDown(f"{self.name}: backend down after {self._breaker.failures} failed pings; "
-                           f"last error: {self._last_error}", resource=self.name, retry_after=retry)
 
-    def _closed_error(self) -> PoolClosed:
-        if self._state in ("new", "opening"):
-            return PoolClosed(f"{self.name}: the client is not open (use `async with`, open() or the "
-                              "Warden lifespan)", resource=self.name)
-        return PoolClosed(f"{self.name}: the client is {self._state}", resource=self.name)
+_closing: set[asyncio.Task[None]] = set()  # closes that outlive their caller, kept from the GC
+
+
+def _close_later(driver: ClientDriver[Any], client: Any, timeout: float) -> None:
+    """Close ``client`` in a task of its own (bounded): for a caller that cannot wait (cancelled)."""
+
+    async def close() -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await driver.close(client)
+        except BaseException:  # nothing left to tell it to: the run that owned it has ended
+            pass
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)

@@ -12,7 +12,7 @@ __all__ = ["BOUNDS", "Histogram", "HistogramSnapshot", "PoolStats"]
 #: Bucket upper bounds in seconds, as the OpenTelemetry database-client conventions advise.
 BOUNDS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
-CircuitState = Literal["closed", "open"]
+CircuitState = Literal["closed", "open", "half_open"]
 PoolState = Literal["new", "opening", "open", "draining", "closed"]
 
 
@@ -87,7 +87,7 @@ class PoolStats:
     wait_time: HistogramSnapshot
     use_time: HistogramSnapshot
     connect_time: HistogramSnapshot
-    #: seconds until the next probe of an open circuit (0.0 when closed)
+    #: seconds until the next probe of an open or half-open circuit ends (0.0 when closed)
     retry_after: float = 0.0
     #: the last connect or ping error, scrubbed of secrets
     last_error: str | None = None
@@ -109,6 +109,8 @@ class PoolStats:
     #: time spent in the queue by the callers that were served (``None`` for clients)
     queue_time: HistogramSnapshot | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    #: acquires refused, by reason: timeout, overloaded, backend_down, closed
+    refused: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}

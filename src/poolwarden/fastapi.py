@@ -97,6 +97,7 @@ def dependency(pool: Resource[Any], *, release: Literal["endpoint", "response"] 
         finally:
             if token is not None:
                 current_route.reset(token)
+        overdue = pool._limit_lease(conn, _route(request)) if release == "response" else None
         try:
             if transaction:
                 block = connector.transaction(unwrap(conn))
@@ -116,6 +117,8 @@ def dependency(pool: Resource[Any], *, release: Literal["endpoint", "response"] 
         except BaseException as exc:
             # the pool classifies the driver's own error (a bounded COMMIT's timeout for BackendLost)
             cause = exc.__cause__ if isinstance(exc, BackendLost) and exc.__cause__ else exc
+            if overdue is not None:
+                overdue.cancel()
             await pool._release(conn, cause)
             if exc is cause and isinstance(exc, Exception) and connector.is_disconnect(exc):
                 raise BackendLost(
@@ -123,10 +126,17 @@ def dependency(pool: Resource[Any], *, release: Literal["endpoint", "response"] 
                     "it was discarded, and whether its last statement took effect is unknown",
                     resource=pool.name, retry_after=1.0) from exc
             raise
+        if overdue is not None:
+            overdue.cancel()
         await pool._release(conn, None)
 
     lease.__name__ = f"{pool.name}_{'transaction' if transaction else 'connection'}"
     return Depends(lease, scope="function" if release == "endpoint" else "request")
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', request.url.path)}"
 
 
 async def _bounded(pool: Resource[Any], conn: Any, step: Awaitable[object], what: str) -> None:

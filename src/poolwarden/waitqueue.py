@@ -20,6 +20,7 @@ Nothing here reads a clock: every method takes ``now``, so the controller is tes
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from heapq import heapify, heappop, heappush
 from typing import Any, Generic, Literal, TypeVar
@@ -164,6 +165,8 @@ class WaitQueue(deque[Waiter[T]]):
     def make_room(self, now: float) -> Waiter[T] | None:
         """At the bound while the queue stands: the oldest waiter gives its place to a newcomer
         (it would be served last anyway). None in FIFO mode: there the newcomer is refused."""
+        if self.adaptive:
+            self._control(now)
         if self.mode != "lifo":
             return None
         while self:
@@ -268,10 +271,14 @@ class WaitQueue(deque[Waiter[T]]):
 
 def fail_in_batches(loop: asyncio.AbstractEventLoop, waiters: list[Waiter[Any]],
                     error: BaseException, start: int = 0) -> None:
-    """Fail ``waiters`` with ``error``, :data:`BATCH` per loop iteration (each one wakes a task)."""
+    """Fail ``waiters`` with ``error``, :data:`BATCH` per loop iteration (each one wakes a task).
+
+    Each later batch gets a copy: a future keeps the traceback its exception has when it is set, and
+    the shared one grows a frame chain each time a woken task raises it."""
     end = start + BATCH
+    exc = copy.copy(error) if start else error
     for waiter in waiters[start:end]:
         if not waiter.fut.done():
-            waiter.fut.set_exception(error)
+            waiter.fut.set_exception(exc)
     if end < len(waiters):
         loop.call_soon(fail_in_batches, loop, waiters, error, end)

@@ -31,6 +31,7 @@ EVENTS: dict[str, int] = {
     "leak.suspected": logging.WARNING,
     "leak.returned": logging.WARNING,
     "leak.lost": logging.WARNING,
+    "lease.overdue": logging.WARNING,
     "drain.started": logging.INFO,
     "drain.abandoned": logging.WARNING,
     "drain.finished": logging.INFO,

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.servers import MYSQL_URL, POSTGRES_URL, REDIS_URL, require
+from tests.support.servers import MYSQL_URL, POSTGRES_URL, REDIS_URL, reachable, require
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("run_block.py")
@@ -147,39 +148,79 @@ _SERVERS = {"postgres": (POSTGRES_URL, "PostgreSQL"), "mysql": (MYSQL_URL, "Mari
             "redis": (REDIS_URL, "Redis")}
 
 
+@dataclass
+class _Run:
+    command: list[str]
+    cwd: Path
+    needs: set[str]
+    outcome: subprocess.CompletedProcess[str] | None = None  # None: timed out
+
+
+def _prepare(block: Block, stub: str, where: Path) -> _Run:
+    """Write the block (and the files the page built before it) into ``where``; how to run it."""
+    needs: set[str] = set()
+    for earlier in BLOCKS:
+        if earlier.path == block.path and earlier.line < block.line and earlier.title:
+            source, needed = localize(earlier.source, stub)
+            (where / earlier.title).parent.mkdir(parents=True, exist_ok=True)
+            (where / earlier.title).write_text(source)
+            needs |= needed
+    source, needed = localize(block.source, stub)
+    script = where / (block.title or "example.py")
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(source)
+    if script.name.startswith("test_"):
+        # a test page's blocks run under the pytest configuration the testing guide recommends
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error",
+                   "-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function",
+                   script.name]
+    else:
+        command = [sys.executable, str(RUNNER), str(script)]
+    return _Run(command, where, needs | needed)
+
+
+def _execute(run: _Run) -> _Run:
+    try:
+        run.outcome = subprocess.run(run.command, cwd=run.cwd, capture_output=True, text=True,
+                                     timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        run.outcome = None
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(request: pytest.FixtureRequest, stub_url: str,
+         tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Run]:
+    """Every selected block, run up front four at a time (each mostly waits on imports and servers)."""
+    selected = [item.callspec.params["block"] for item in request.session.items
+                if getattr(item, "callspec", None) and "block" in item.callspec.params]
+    prepared: dict[str, _Run] = {}
+    for block in selected:
+        if block.skip_reason is None:
+            run = _prepare(block, stub_url, tmp_path_factory.mktemp("example"))
+            if all(reachable(_SERVERS[server][0]) for server in run.needs):
+                prepared[block.id] = run
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(_execute, prepared.values()))
+    return prepared
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_example_runs(block: Block, stub_url: str, tmp_path: Path) -> None:
+def test_example_runs(block: Block, runs: dict[str, _Run], stub_url: str, tmp_path: Path) -> None:
     """The code block runs to its end against the real servers."""
     if block.skip_reason is not None:
         assert block.skip_reason, f'{block.id}: title="not run" needs a reason: title="not run: why"'
         pytest.skip(f"not run: {block.skip_reason}")
-    needs: set[str] = set()
-    for earlier in BLOCKS:  # the files the page built before this block
-        if earlier.path == block.path and earlier.line < block.line and earlier.title:
-            source, needed = localize(earlier.source, stub_url)
-            (tmp_path / earlier.title).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / earlier.title).write_text(source)
-            needs |= needed
-    source, needed = localize(block.source, stub_url)
-    needs |= needed
-    for server in sorted(needs):
-        require(*_SERVERS[server])
-    script = tmp_path / (block.title or "example.py")
-    script.parent.mkdir(parents=True, exist_ok=True)
-    script.write_text(source)
-    is_test = script.name.startswith("test_")
-    # a test page's blocks run under the pytest configuration the testing guide recommends
-    pytest_args = ["-q", "-p", "no:cacheprovider", "-W", "error", "-o", "asyncio_mode=auto",
-                   "-o", "asyncio_default_fixture_loop_scope=function"]
-    command = ([sys.executable, "-m", "pytest", *pytest_args, script.name]
-               if is_test else [sys.executable, str(RUNNER), str(script)])
-    try:
-        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
+    run = runs.get(block.id)
+    if run is None:  # a server it needs is missing: say which (skip loudly, or fail in CI)
+        for server in sorted(_prepare(block, stub_url, tmp_path).needs):
+            require(*_SERVERS[server])
+        pytest.fail(f"{block.id} was not run", pytrace=False)
+    result = run.outcome
+    if result is None:
         pytest.fail(f"{block.id} ran longer than {TIMEOUT}s", pytrace=False)
-    if is_test and result.returncode == 0:
-        return
-    if result.returncode != 0 or not result.stdout.rstrip().endswith("ok"):
+    is_test = Path(run.command[-1]).name.startswith("test_")
+    if result.returncode != 0 or not (is_test or result.stdout.rstrip().endswith("ok")):
         pytest.fail(f"{block.id} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
 
 

@@ -65,13 +65,19 @@ async def count(conn: Conn) -> int:
     return int(await scalar(conn, f"SELECT COUNT(*) FROM {{TABLE}}"))
 
 
-def create_app() -> FastAPI:
-    warden = Warden(environ={{}})
-    warden.pool("db", URL, min_size=1, max_size=2, check_after_idle=None)
+def create_app(warden: Warden | None = None) -> FastAPI:
+    if warden is None:
+        warden = Warden(environ={{}})
+        warden.pool("db", URL, min_size=1, max_size=2, check_after_idle=None)
     app = FastAPI(lifespan=warden.lifespan)
     warden.install(app, metrics=False)
     app.include_router(router)
     return app
+
+
+# a module-level warden, re-opened by each test's app
+shared_warden = Warden(environ={{}})
+shared_warden.pool("db", URL, min_size=1, max_size=2, check_after_idle=None)
 '''
 
 TESTS = '''
@@ -80,7 +86,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi.testclient import TestClient
 
-from app_under_test import create_app
+from app_under_test import TABLE, create_app, shared_warden
+from poolwarden.rollback import execute
 
 
 @pytest.fixture
@@ -141,6 +148,41 @@ async def test_async_client(async_client, run):
     assert (await async_client.get("/count")).json() == 0
     assert (await async_client.post("/items/y")).status_code == 200
     assert (await async_client.get("/count")).json() == 1
+
+
+@pytest.fixture
+async def seeded(poolwarden_rollback):
+    """The RealWorld example app's harness: an app per test under LifespanManager, an httpx client,
+    and rows written by a fixture on the test's own connection."""
+    app = create_app()
+    rollback = poolwarden_rollback(app)
+    async with LifespanManager(app):
+        await execute(await rollback["db"].connection(), f"INSERT INTO {TABLE} (name) VALUES ('seed')")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+@pytest.mark.parametrize("run", range(2))
+async def test_seeded_by_a_fixture(seeded, run):
+    assert (await seeded.get("/count")).json() == 1
+    assert (await seeded.post("/items/z")).status_code == 200
+    assert (await seeded.get("/count")).json() == 2
+
+
+@pytest.fixture
+def on_shared_warden(poolwarden_rollback):
+    app = create_app(shared_warden)
+    poolwarden_rollback(app)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_module_level_warden_reopened_per_test(on_shared_warden, run):
+    assert on_shared_warden.get("/count").json() == 0
+    assert on_shared_warden.post("/items/w").status_code == 200
+    assert on_shared_warden.get("/count").json() == 1
 '''
 
 
@@ -193,7 +235,7 @@ async def test_each_test_runs_in_a_transaction_rolled_back_at_its_end(
         pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
                          "filterwarnings = error\n")
         result = await _in_thread(pytester, "-q", "-p", "no:cacheprovider")
-        result.assert_outcomes(passed=7)
+        result.assert_outcomes(passed=12)
         assert await _count(url, table) == 0
     finally:
         await _run_sql(url, f"DROP TABLE {table}")

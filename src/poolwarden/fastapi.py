@@ -201,7 +201,8 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 def install(warden: Warden, app: FastAPI, *, health: bool = True, metrics: bool | None = None,
             stats: bool | None = None, prefix: str = "",
             dependencies: Sequence[params.Depends] | None = None,
-            tags: Sequence[str] = ("poolwarden",), include_in_schema: bool = False) -> None:
+            tags: Sequence[str] = ("poolwarden",), include_in_schema: bool = False,
+            dashboard: bool = False) -> None:
     """Register the handlers and routes on ``app`` and bind ``warden`` to it (see :meth:`Warden.install`)."""
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(PoolClosed, _unavailable)
@@ -259,6 +260,16 @@ def install(warden: Warden, app: FastAPI, *, health: bool = True, metrics: bool 
 
         guarded.add(f"{prefix}/poolwarden/stats", stats_route, "poolwarden_stats")
         guarded.add(f"{prefix}/poolwarden/health", health_route, "poolwarden_health")
+
+    if dashboard:  # the live dashboard shows internals too: same guard as /poolwarden/stats
+        if not internals:
+            raise ConfigError("dashboard=True serves internals: pass dependencies=[...] that authenticate "
+                              "operators, or stats=True for an app on a private port")
+        from poolwarden.observe import dashboard as _dashboard
+
+        board = _dashboard.router(warden, prefix=f"{prefix}/poolwarden/dashboard", dependencies=dependencies)
+        app.include_router(board)
+        _dashboard.attach(app, board.history)
 
 
 def connection(name: str) -> params.Depends:

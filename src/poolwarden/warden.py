@@ -19,6 +19,7 @@ from poolwarden.observe.events import emit
 from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.leaks import LeaseInfo
 from poolwarden.observe.stats import PoolStats
+from poolwarden.observe.watchdog import Watchdog
 from poolwarden.pool import Pool
 from poolwarden.settings import ClientSettings, PoolSettings
 
@@ -138,8 +139,11 @@ class Override:
 class Warden:
     """The resources of one service: declare them, then ``FastAPI(lifespan=warden.lifespan)``."""
 
-    def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, environ: Mapping[str, str] | None = None, watchdog: float | None = None) -> None:
+        """``watchdog``: seconds the event loop may be blocked before the route and the stack of the code
+        holding it are logged (``loop.blocked``) - see :mod:`poolwarden.observe.watchdog`; None: off."""
         self._environ = os.environ if environ is None else environ
+        self.watchdog = None if watchdog is None else Watchdog(watchdog)
         self._resources: dict[str, Resource[Any]] = {}
         self._declared: dict[str, Resource[Any] | Client[Any]] = {}  # pools and clients, in order
         self._listeners: list[PoolListener] = []
@@ -266,6 +270,8 @@ class Warden:
     async def open(self) -> None:
         """Open every resource in declaration order; on failure close those already open."""
         self.draining = False
+        if self.watchdog is not None:
+            self.watchdog.start()
         opened: list[Resource[Any] | Client[Any]] = []
         try:
             for resource in self._declared.values():
@@ -275,6 +281,8 @@ class Warden:
             for resource in reversed(opened):
                 await resource.close()
                 self._closed(resource)
+            if self.watchdog is not None:
+                self.watchdog.stop()
             raise
 
     async def _open_one(self, resource: Resource[Any] | Client[Any]) -> None:
@@ -316,6 +324,8 @@ class Warden:
             self._closed(resource)
             if left:
                 abandoned[resource.name] = left
+        if self.watchdog is not None:
+            self.watchdog.stop()
         return abandoned
 
     @asynccontextmanager
@@ -341,7 +351,8 @@ class Warden:
     def install(self, app: FastAPI, *, health: bool = True, metrics: bool | None = None,
                 stats: bool | None = None, prefix: str = "",
                 dependencies: Sequence[params.Depends] | None = None,
-                tags: Sequence[str] = ("poolwarden",), include_in_schema: bool = False) -> None:
+                tags: Sequence[str] = ("poolwarden",), include_in_schema: bool = False,
+                dashboard: bool = False) -> None:
         """Bind this warden to ``app`` and add the 503 handlers and the operator routes.
 
         ``/livez`` (never touches a backend) and ``/readyz`` are always open: probes send no
@@ -351,6 +362,8 @@ class Warden:
         readiness, with last errors) are internals: served only behind ``dependencies`` (FastAPI
         dependencies that authenticate the caller), or to anyone with ``stats=True`` (for an app on
         a private port; ``/readyz?verbose`` then works too); ``stats=False`` never serves them.
+        ``dashboard=True`` adds the live dashboard at ``/poolwarden/dashboard`` under the same guard
+        (see :mod:`poolwarden.observe.dashboard`), its history running with the app's lifespan.
         Every route carries ``tags`` and a fixed operation id (``poolwarden_livez``...), and none is
         added on a path the app already serves. Binding lets ``poolwarden.fastapi.connection(name)``
         lend from this warden's pools in this app.
@@ -358,7 +371,8 @@ class Warden:
         from poolwarden.fastapi import install
 
         install(self, app, health=health, metrics=metrics, stats=stats, prefix=prefix,
-                dependencies=dependencies, tags=tags, include_in_schema=include_in_schema)
+                dependencies=dependencies, tags=tags, include_in_schema=include_in_schema,
+                dashboard=dashboard)
 
 
 def _lends(connector: Connector[Any], connection_class: type[Any]) -> bool:

@@ -100,3 +100,19 @@ async def test_dashboard_routes_serve_page_data_and_only_known_static_files() ->
             assert (await client.get("/poolwarden/dashboard/static/..%2Fdashboard.py")).status_code == 404
             assert (await client.get("/poolwarden/dashboard/static/dashboard.html")).status_code == 404
             await router.history.stop()
+
+
+async def test_install_dashboard_is_guarded_like_stats_and_runs_with_the_lifespan() -> None:
+    """install(dashboard=True) refuses an unguarded app, and serves data sampled since start-up."""
+    from poolwarden import ConfigError
+
+    warden, _ = _warden()
+    with pytest.raises(ConfigError, match="dashboard"):
+        warden.install(FastAPI(lifespan=warden.lifespan), dashboard=True, stats=False)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, dashboard=True, stats=True)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            data = (await client.get("/poolwarden/dashboard/data")).json()
+    assert data["resources"]["db"]["points"]

@@ -103,7 +103,7 @@ async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogC
     down = warden.pool("down", dead, options={"password": CANARY}, **fast_fail)
     quoted = warden.pool("quoted", leaky, connector=LeakyConnector(leaky), **fast_fail)
     app = FastAPI(lifespan=warden.lifespan)
-    warden.install(app)
+    warden.install(app, stats=True)  # the internals too, so their bodies are checked for the canary
 
     @app.get("/one")
     async def one(conn: Annotated[Any, db.connection]) -> dict[str, int]:

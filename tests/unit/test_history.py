@@ -116,3 +116,13 @@ async def test_install_dashboard_is_guarded_like_stats_and_runs_with_the_lifespa
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             data = (await client.get("/poolwarden/dashboard/data")).json()
     assert data["resources"]["db"]["points"]
+
+
+def test_stats_show_interpolated_quantiles_next_to_the_raw_buckets() -> None:
+    """A histogram's dict keeps bounds and counts and adds p50/p90/p99 read inside the buckets."""
+    from poolwarden.observe.stats import HistogramSnapshot
+
+    out = HistogramSnapshot((0.001, 0.005, 0.01), (0, 10, 0, 0), 10, 0.03).to_dict()
+    assert out["counts"] == [0, 10, 0, 0]
+    assert out["p50"] == pytest.approx(0.003)
+    assert out["p99"] == pytest.approx(0.00496)

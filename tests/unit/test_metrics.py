@@ -414,3 +414,116 @@ def test_missing_opentelemetry_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "opentelemetry", None)
     with pytest.raises(ConfigError, match=r"pip install 'poolwarden\[otel\]'"):
         otel.instrument(fake_warden())
+
+
+# -- honest names for clients, and the operations metrics the alert rules read ------------------------
+
+
+class FakeClientDriver:
+    """A self-pooling client whose driver reports 3 connections in use and 2 idle of 8."""
+
+    def __init__(self, driver: str) -> None:
+        self.driver = driver
+
+    async def open(self) -> object:
+        return object()
+
+    async def ping(self, client: object) -> None:
+        return None
+
+    async def close(self, client: object) -> None:
+        return None
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return False
+
+    def occupancy(self, client: object) -> Any:
+        from poolwarden.clients import Occupancy
+
+        return Occupancy(idle=2, in_use=3, max_size=8)
+
+
+def client_warden() -> Warden:
+    g = fake_warden("db", min_size=1, max_size=2)
+    g.client("api", factory=FakeClientDriver("httpx"))
+    g.client("cache", factory=FakeClientDriver("redis"))
+    return g
+
+
+async def test_http_and_redis_clients_are_not_exported_as_database_pools() -> None:
+    """An httpx client is on OpenTelemetry's http_client_open_connections, Redis on redis_client_*,
+    and neither appears under a db_client_connection_* name."""
+    g = client_warden()
+    async with g:
+        s = scrape(g)
+    pools = {x.labels.get("db_client_connection_pool_name") for f, fam in s.families.items()
+             if f.startswith("db_client_") for x in fam.samples}
+    assert pools == {"db"}
+    http = {(x.labels["http_connection_state"], x.value) for x in s.samples("http_client_open_connections")
+            if x.labels["resource"] == "api"}
+    assert http == {("active", 3), ("idle", 2)}
+    redis = {(x.labels["state"], x.value) for x in s.samples("redis_client_connections")
+             if x.labels["resource"] == "cache"}
+    assert redis == {("used", 3), ("idle", 2)}
+    assert {x.labels["resource"]: x.value for x in s.samples("poolwarden_client_connections_max")} == {
+        "api": 8, "cache": 8}
+
+
+async def test_operations_metrics_follow_circuit_refusals_discards_and_leaks() -> None:
+    """poolwarden_* metrics: circuit state one-hot, readiness, refusals and discards by reason, leaks."""
+    from poolwarden.observe.events import emit
+
+    g = fake_warden("db", min_size=1, max_size=1, acquire_timeout=0.02)
+    async with g:
+        pool = g["db"]
+        async with pool.acquire():
+            with pytest.raises(PoolTimeout):
+                await pool.acquire()
+        scrape(g)  # the first scrape starts counting leak events
+        emit("leak.suspected", "db", "held too long", route="GET /x")
+        s = scrape(g)
+    circuit = {x.labels["state"]: x.value for x in s.samples("poolwarden_circuit_state")}
+    assert circuit == {"closed": 1, "open": 0, "half_open": 0}
+    assert [x.value for x in s.samples("poolwarden_ready")] == [1]
+    refused = {x.labels["reason"]: x.value for x in s.samples("poolwarden_acquires_refused_total")}
+    assert refused["timeout"] == 1
+    assert [x.value for x in s.samples("poolwarden_leaks_suspected_total")] == [1]
+    assert s.samples("poolwarden_connect_errors_total")[0].value == 0
+
+
+async def test_the_watchdog_lag_is_exported_when_it_runs() -> None:
+    """With Warden(watchdog=...), the loop's lag histogram and the stall counter are scraped."""
+    g = Warden(environ={}, watchdog=0.5)
+    g.pool("db", connector=FakeConnector(), min_size=1)
+    async with g:
+        await asyncio.sleep(0.3)
+        s = scrape(g)
+    assert s.samples("poolwarden_event_loop_lag_seconds_count")[0].value >= 1
+    assert s.samples("poolwarden_event_loop_blocked_total")[0].value == 0
+
+
+async def test_otel_reports_clients_on_their_own_names() -> None:
+    """OpenTelemetry: http.client.open_connections and redis.client.connections, no db.* for clients."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    g = client_warden()
+    otel.instrument(g, meter_provider=provider)
+    try:
+        async with g:
+            data = reader.get_metrics_data()
+    finally:
+        provider.shutdown()
+    assert data is not None
+    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    db_names = {dict(p.attributes or {}).get(POOL) for name, m in metrics.items() if name.startswith("db.")
+                for p in m.data.data_points}
+    assert db_names == {"db"}
+    http = {(p.attributes or {})["http.connection.state"]: p.value
+            for p in metrics["http.client.open_connections"].data.data_points}
+    assert http == {"active": 3, "idle": 2}
+    redis = {(p.attributes or {})["state"]: p.value
+             for p in metrics["redis.client.connections"].data.data_points}
+    assert redis == {"used": 3, "idle": 2}

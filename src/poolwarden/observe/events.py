@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EVENTS", "Sink", "emit", "logger", "subscribe"]
+__all__ = ["EVENTS", "Sink", "count_events", "counted", "emit", "logger", "subscribe"]
 
 logger = logging.getLogger("poolwarden")
 
@@ -60,6 +60,30 @@ def subscribe(sink: Sink) -> Callable[[], None]:
         if sink in _sinks:
             _sinks.remove(sink)
     return unsubscribe
+
+
+_counts: dict[str, dict[str, int]] = {}
+
+
+def _count(event: str, resource: str, detail: str, fields: dict[str, Any]) -> None:
+    per = _counts.get(event)
+    if per is not None:
+        per[resource] = per.get(resource, 0) + 1
+
+
+def count_events(event: str) -> None:
+    """Count ``event`` per resource from now on, for :func:`counted` (the Prometheus exporter counts
+    ``leak.suspected`` this way); idempotent."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}")
+    if not _counts:
+        subscribe(_count)
+    _counts.setdefault(event, {})
+
+
+def counted(event: str) -> dict[str, int]:
+    """How many times ``event`` was emitted, per resource, since :func:`count_events` asked for it."""
+    return dict(_counts.get(event, {}))
 
 
 def emit(event: str, resource: str, detail: str = "", level: int | None = None, **fields: Any) -> None:

@@ -27,7 +27,7 @@ from poolwarden.observe.stats import HistogramSnapshot, PoolStats
 __all__ = ["Event", "History", "Point"]
 
 #: Refusal and error reasons counted per interval; "discarded:<reason>" keys are added as they appear.
-REASONS = ("timeout", "overloaded", "connect_error", "ping_failed")
+REASONS = ("timeout", "overloaded", "backend_down", "closed", "connect_error", "ping_failed")
 _DETAIL = 300  # characters of an event's detail kept (a leak's detail carries a whole stack)
 
 
@@ -178,6 +178,10 @@ def _point(now: float, s: PoolStats, before: tuple[float, PoolStats] | None) -> 
                           ("ping_failed", s.pings_failed, b.pings_failed)):
             if x > y:
                 errors[key] = x - y
+        for reason, n in s.refused.items():  # backend_down, closed (timeout, overloaded: counted above)
+            d = n - b.refused.get(reason, 0)
+            if d > 0 and reason not in errors:
+                errors[reason] = d
         for reason, n in s.discarded.items():
             d = n - b.discarded.get(reason, 0)
             if d > 0:

@@ -14,6 +14,11 @@ conventions, each with the attribute ``db.client.connection.pool.name`` (the res
     db.client.connection.wait_time         histogram                   s
     db.client.connection.use_time          histogram                   s
 
+HTTP clients are not database pools: they are reported on OpenTelemetry's HTTP client name
+``http.client.open_connections`` (attribute ``http.connection.state`` active|idle), and Redis clients
+on ``redis.client.connections`` (``state`` used|idle), each with ``poolwarden.resource``; SQLAlchemy
+engines are database pools and stay on the ``db.client.connection.*`` names.
+
 The observable instruments read ``warden.stats()`` when the SDK collects (often from the reader's own
 thread: a snapshot reads only counters, so each number is exact, though two of them may straddle an
 event). The counter and the histograms are fed by a :class:`~poolwarden.observe.hooks.PoolListener` on
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from poolwarden.errors import ConfigError
 from poolwarden.observe.hooks import PoolListener
+from poolwarden.observe.prometheus import kind
 from poolwarden.observe.stats import BOUNDS, PoolStats
 
 if TYPE_CHECKING:
@@ -39,6 +45,8 @@ __all__ = ["POOL_NAME", "STATE", "instrument"]
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
+HTTP_STATE = "http.connection.state"
+RESOURCE = "poolwarden.resource"
 
 
 class _Source(Protocol):
@@ -76,9 +84,35 @@ def instrument(warden: _Source, meter_provider: MeterProvider | None = None) -> 
     meter = metrics.get_meter("poolwarden", __version__, meter_provider=meter_provider)
     ref = weakref.ref(warden)
 
-    def stats() -> Iterable[PoolStats]:
+    def everything() -> Iterable[PoolStats]:
         g = ref()
         return () if g is None else g.stats().values()
+
+    def stats() -> Iterable[PoolStats]:
+        return [s for s in everything() if kind(s) == "db"]  # a Redis or HTTP client is no database pool
+
+    def open_connections(options: CallbackOptions) -> list[Observation]:
+        out = []
+        for s in everything():
+            if kind(s) == "http":
+                out.append(metrics.Observation(s.in_use, {RESOURCE: s.resource, HTTP_STATE: "active"}))
+                out.append(metrics.Observation(s.idle, {RESOURCE: s.resource, HTTP_STATE: "idle"}))
+        return out
+
+    def redis_connections(options: CallbackOptions) -> list[Observation]:
+        out = []
+        for s in everything():
+            if kind(s) == "redis":
+                out.append(metrics.Observation(s.in_use, {RESOURCE: s.resource, "state": "used"}))
+                out.append(metrics.Observation(s.idle, {RESOURCE: s.resource, "state": "idle"}))
+        return out
+
+    meter.create_observable_up_down_counter(
+        "http.client.open_connections", [open_connections], unit="{connection}",
+        description="Number of outbound HTTP connections that are currently active or idle on the client")
+    meter.create_observable_up_down_counter(
+        "redis.client.connections", [redis_connections], unit="{connection}",
+        description="Connections of a Redis client's own pool, by state")
 
     def count(options: CallbackOptions) -> list[Observation]:
         out = []

@@ -62,6 +62,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from poolwarden.errors import ConfigError
+from poolwarden.observe.events import count_events
 from poolwarden.observe.hooks import PoolListener
 from poolwarden.observe.stats import BOUNDS, HistogramSnapshot, PoolStats
 
@@ -70,9 +71,10 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["PoolCollector", "collector", "instrument", "multiprocess", "render", "require"]
+__all__ = ["PoolCollector", "collector", "instrument", "kind", "multiprocess", "render", "require"]
 
 POOL = "db_client_connection_pool_name"
+RESOURCE = "resource"  # the label of poolwarden's own metrics and of the clients'
 STATE = "db_client_connection_state"
 GaugeMode = Literal["livesum", "liveall"]
 
@@ -133,13 +135,14 @@ class PoolCollector:
     def __init__(self, warden: _Source) -> None:
         _client()
         self._warden = warden
+        count_events("leak.suspected")
 
     def describe(self) -> list[Metric]:
         # The names, so that a registry refuses a second collector exporting the same metrics.
         return _families(())
 
     def collect(self) -> list[Metric]:
-        return _families(self._warden.stats().values())
+        return _families(self._warden.stats().values(), getattr(self._warden, "watchdog", None))
 
 
 def collector(warden: _Source) -> PoolCollector:
@@ -147,8 +150,23 @@ def collector(warden: _Source) -> PoolCollector:
     return PoolCollector(warden)
 
 
-def _families(stats: Iterable[PoolStats]) -> list[Metric]:
+def kind(s: PoolStats) -> Literal["db", "http", "redis"]:
+    """What a resource is, for naming its metrics: an HTTP or Redis client is not a database pool."""
+    if s.extra.get("kind") == "client":
+        if s.driver == "httpx":
+            return "http"
+        if s.driver == "redis":
+            return "redis"
+    return "db"  # pools, and SQLAlchemy engines (a database pool of their own)
+
+
+def _families(stats: Iterable[PoolStats], watchdog: Any = None) -> list[Metric]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    stats = list(stats)
+    ops = _operations(stats, watchdog)
+    clients = _clients([s for s in stats if kind(s) != "db"])
+    stats = [s for s in stats if kind(s) == "db"]
 
     count = GaugeMetricFamily("db_client_connection_count", _HELP["count"], labels=[POOL, STATE])
     gauges = {key: GaugeMetricFamily(f"db_client_connection_{key}", _HELP[key], labels=[POOL])
@@ -167,7 +185,73 @@ def _families(stats: Iterable[PoolStats]) -> list[Metric]:
         for key, snap in (("create_time", s.connect_time), ("wait_time", s.wait_time),
                           ("use_time", s.use_time)):
             hists[key].add_metric(label, _buckets(snap), snap.sum)
-    return [count, *gauges.values(), timeouts, *hists.values()]
+    return [count, *gauges.values(), timeouts, *hists.values(), *clients, *ops]
+
+
+def _clients(stats: Iterable[PoolStats]) -> list[Metric]:
+    """HTTP clients on OpenTelemetry's HTTP client names, Redis clients on names of their own."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    http = GaugeMetricFamily("http_client_open_connections", "Number of outbound HTTP connections that "
+                             "are currently active or idle on the client",
+                             labels=["http_connection_state", RESOURCE])
+    redis = GaugeMetricFamily("redis_client_connections", "Connections of a Redis client's own pool, "
+                              "by state", labels=["state", RESOURCE])
+    limit = GaugeMetricFamily("poolwarden_client_connections_max", "The connection limit of a client's own "
+                              "pool (0: unbounded or not told by the driver)", labels=[RESOURCE])
+    for s in stats:
+        if kind(s) == "http":
+            http.add_metric(["active", s.resource], s.in_use)
+            http.add_metric(["idle", s.resource], s.idle)
+        else:
+            redis.add_metric(["used", s.resource], s.in_use)
+            redis.add_metric(["idle", s.resource], s.idle)
+        limit.add_metric([s.resource], s.max_size)
+    return [http, redis, limit]
+
+
+def _operations(stats: Iterable[PoolStats], watchdog: Any) -> list[Metric]:
+    """What the alert rules need beyond the conventions: circuit, readiness, refusals, discards, leaks,
+    connect errors, for every resource; and the event loop's lag when the watchdog runs."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    from poolwarden.observe.events import counted
+
+    circuit = GaugeMetricFamily("poolwarden_circuit_state", "1 for the state the resource's circuit "
+                                "breaker is in, 0 for the others", labels=[RESOURCE, "state"])
+    ready = GaugeMetricFamily("poolwarden_ready", "1 when the resource can serve now", labels=[RESOURCE])
+    connect = CounterMetricFamily("poolwarden_connect_errors", "Failed attempts to connect (or, for a "
+                                  "client, to ping) the backend", labels=[RESOURCE])
+    refused = CounterMetricFamily("poolwarden_acquires_refused", "Acquires that got no connection, by "
+                                  "reason: timeout, overloaded, backend_down, closed",
+                                  labels=[RESOURCE, "reason"])
+    discarded = CounterMetricFamily("poolwarden_connections_discarded", "Connections closed by the pool "
+                                    "instead of being reused, by reason", labels=[RESOURCE, "reason"])
+    leaks = CounterMetricFamily("poolwarden_leaks_suspected", "Leases held longer than leak_threshold",
+                                labels=[RESOURCE])
+    events = counted("leak.suspected")
+    for s in stats:
+        for state in ("closed", "open", "half_open"):
+            circuit.add_metric([s.resource, state], 1 if s.circuit == state else 0)
+        ready.add_metric([s.resource], 1 if s.ready else 0)
+        connect.add_metric([s.resource], s.connect_errors)
+        reasons = dict(s.refused) or {"timeout": s.timeouts, "overloaded": s.overloaded}
+        for reason, n in sorted(reasons.items()):
+            refused.add_metric([s.resource, reason], n)
+        for reason, n in sorted(s.discarded.items()):
+            discarded.add_metric([s.resource, reason], n)
+        leaks.add_metric([s.resource], events.get(s.resource, 0))
+    out: list[Metric] = [circuit, ready, connect, refused, discarded, leaks]
+    if watchdog is not None:
+        lag = HistogramMetricFamily("poolwarden_event_loop_lag_seconds", "How late the watchdog's heartbeat "
+                                    "ran on the event loop", unit="seconds")
+        snap = watchdog.lag()
+        lag.add_metric([], _buckets(snap), snap.sum)
+        blocked = CounterMetricFamily("poolwarden_event_loop_blocked", "Times the event loop was held "
+                                      "longer than the watchdog's threshold")
+        blocked.add_metric([], watchdog.stalls)
+        out += [lag, blocked]
+    return out
 
 
 def _gauge_values(s: PoolStats) -> dict[str, int]:
@@ -268,6 +352,8 @@ class _ProcessExporter:
             return False
         alive = False
         for s in warden.stats().values():
+            if kind(s) != "db":
+                continue  # a Redis or HTTP client is no database pool: not on db_client_* names
             child = self._child(s.resource)
             if s.state == "closed":
                 _zero(child)

@@ -58,8 +58,15 @@ class HistogramSnapshot:
         return float("inf")  # pragma: no cover
 
     def to_dict(self) -> dict[str, object]:
-        return {"bounds": list(self.bounds), "counts": list(self.counts), "count": self.count,
-                "sum": self.sum}
+        """The raw buckets, and next to them the p50/p90/p99 interpolated in the buckets (seconds; a
+        quantile past the last bound reads as that bound)."""
+        from poolwarden.observe.quantiles import interpolate
+
+        out: dict[str, object] = {"bounds": list(self.bounds), "counts": list(self.counts),
+                                  "count": self.count, "sum": self.sum}
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            out[name] = round(interpolate(self.bounds, self.counts, q)[0], 6)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,14 @@
     queue: [["waiting", "queue"]],
     wait: [["wait_p50_ms", "wait50"], ["wait_p99_ms", "wait99"]],
     rate: [["acquires_per_s", "rate"]],
-    errors: [["timeout", "bad"], ["overloaded", "warn"], ["connect_error", "wait99"], ["ping_failed", "connecting"],
-             ["discarded", "max"]],
+    errors: [["timeout", "bad"], ["overloaded", "warn"], ["backend_down", "down"], ["connect_error", "wait99"],
+             ["ping_failed", "connecting"], ["discarded", "max"]],
   };
   const TITLES = { connections: "Connections (used · idle · connecting vs max)", queue: "Callers queued",
                    wait: "Wait for a connection (ms, p50 · p99)", rate: "Acquires / s",
                    errors: "Errors & refusals per interval" };
   const LABELS = { wait_p50_ms: "p50", wait_p99_ms: "p99", acquires_per_s: "acquires/s", waiting: "queued",
-                   connect_error: "connect error", ping_failed: "ping failed" };
+                   connect_error: "connect error", ping_failed: "ping failed", backend_down: "backend down" };
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -120,7 +120,7 @@
     const errors = p.errors && typeof p.errors === "object" ? p.errors : {};
     let discarded = 0;
     for (const [k, v] of Object.entries(errors)) if (k.startsWith("discarded:")) discarded += num(v);
-    for (const k of ["timeout", "overloaded", "connect_error", "ping_failed"]) d[k].push(num(errors[k]));
+    for (const k of ["timeout", "overloaded", "backend_down", "connect_error", "ping_failed"]) d[k].push(num(errors[k]));
     d.discarded.push(discarded);
     if (d.t.length > WINDOW) for (const k of Object.keys(d)) d[k].shift();
   }

@@ -208,7 +208,9 @@ def install(warden: Warden, app: FastAPI, *, health: bool = True, metrics: bool 
     app.add_exception_handler(PoolClosed, _unavailable)
     bind(warden, app)
     internals = bool(dependencies) if stats is None else stats
-    # /livez and /readyz answer anonymous probes (a kubelet sends no credentials): never guarded
+    # /livez and /readyz answer anonymous probes (a kubelet sends no credentials): never guarded,
+    # not even by the app's own FastAPI(dependencies=...); /metrics stays under those
+    probes = _Routes(app, list(tags), include_in_schema, None, probe=True)
     open_routes = _Routes(app, list(tags), include_in_schema, None)
     guarded = _Routes(app, list(tags), include_in_schema, dependencies)
     public_verbose = internals and not dependencies
@@ -223,8 +225,8 @@ def install(warden: Warden, app: FastAPI, *, health: bool = True, metrics: bool 
             code, body = _health.readiness(warden.stats(), draining=warden.draining, verbose=verbose)
             return JSONResponse(body, status_code=code, media_type=_health.CONTENT_TYPE)
 
-        open_routes.add(f"{prefix}/livez", livez, "poolwarden_livez")
-        open_routes.add(f"{prefix}/readyz", readyz, "poolwarden_readyz")
+        probes.add(f"{prefix}/livez", livez, "poolwarden_livez")
+        probes.add(f"{prefix}/readyz", readyz, "poolwarden_readyz")
 
     if metrics is None:
         # by default /metrics exists when prometheus_client does; asked for explicitly, a missing
@@ -399,17 +401,25 @@ class _Routes:
     never over a path the app already serves."""
 
     def __init__(self, app: FastAPI, tags: list[str], include_in_schema: bool,
-                 dependencies: Sequence[params.Depends] | None) -> None:
+                 dependencies: Sequence[params.Depends] | None, *, probe: bool = False) -> None:
         self._app = app
         self._tags: list[str | Enum] = list(tags)
         self._schema = include_in_schema
         self._dependencies = dependencies
+        self._probe = probe
 
     def add(self, path: str, endpoint: Callable[..., Any], operation_id: str) -> None:
         if _taken(self._app, path):
             _log.info("install.skipped: %s is served by the app already; poolwarden adds no route there",
                       path, extra={"poolwarden.event": "install.skipped", "poolwarden.path": path})
             return
-        self._app.add_api_route(path, endpoint, methods=["GET"], tags=self._tags, operation_id=operation_id,
-                                name=operation_id, include_in_schema=self._schema,
-                                dependencies=self._dependencies)
+        router = self._app.router
+        app_wide = router.dependencies
+        if self._probe:
+            router.dependencies = []  # FastAPI's own add_api_route, without the app-wide dependencies
+        try:
+            self._app.add_api_route(path, endpoint, methods=["GET"], tags=self._tags,
+                                    operation_id=operation_id, name=operation_id,
+                                    include_in_schema=self._schema, dependencies=self._dependencies)
+        finally:
+            router.dependencies = app_wide

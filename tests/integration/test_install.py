@@ -150,6 +150,40 @@ def test_a_private_ops_app_serves_the_internals_to_anyone() -> None:
         assert "details" in client.get("/readyz?verbose").json()["checks"]["db:connections"][0]
 
 
+def test_probes_stay_open_in_an_app_whose_every_route_needs_credentials() -> None:
+    """``FastAPI(dependencies=[auth])`` guards the app's routes and /metrics, never /livez and /readyz."""
+    warden = _warden()
+    app = FastAPI(lifespan=warden.lifespan, dependencies=[Depends(_token)])
+
+    @app.get("/mine")
+    async def mine() -> str:
+        return "ok"
+
+    warden.install(app, metrics=True)
+    with TestClient(app) as client:
+        assert client.get("/livez").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/mine").status_code == 401
+        assert client.get("/mine", headers={"x-token": "s3cret"}).status_code == 200
+    assert app.router.dependencies  # left as it was
+
+
+def test_an_ops_app_on_a_private_port_shows_the_service_pools() -> None:
+    """The README's split: the service app serves no internals; an ops app without a lifespan of its own,
+    bound to the same warden with ``stats=True``, shows the pools the service opened."""
+    warden = _warden()
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app)
+    ops = FastAPI()
+    warden.install(ops, stats=True, metrics=False)
+    with TestClient(app) as service, TestClient(ops) as private:
+        assert service.get("/poolwarden/stats").status_code == 404
+        stats = private.get("/poolwarden/stats").json()
+        assert stats["db"]["state"] == "open"
+        assert private.get("/poolwarden/health").json()["checks"]["db:connections"][0]["status"] == "pass"
+
+
 def test_livez_never_touches_a_backend() -> None:
     """/livez answers 200 while the backend refuses every connect, and makes no connect or ping."""
     connector = FakeConnector(fail_connects=-1)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Override", "Resource", "Warden"]
 
 C = TypeVar("C")
+T = TypeVar("T")
 Release = Literal["endpoint", "response"]
 
 
@@ -213,6 +214,14 @@ class Warden:
         from poolwarden.orm.resource import declare  # SQLAlchemy is imported only by those who use it
 
         return declare(self, name, url, sync=sync, engine=engine, options=options)
+
+    @overload
+    def client(self, name: str, url: str | None = None, *, kind: str | None = None,
+               factory: ClientDriver[T], **settings: Unpack[ClientSettings]) -> Client[T]: ...
+
+    @overload
+    def client(self, name: str, url: str | None = None, *, kind: str | None = None,
+               **settings: Unpack[ClientSettings]) -> Client[Any]: ...
 
     def client(self, name: str, url: str | None = None, *, kind: str | None = None,
                factory: ClientDriver[Any] | None = None, **settings: Unpack[ClientSettings]) -> Client[Any]:

@@ -10,7 +10,7 @@ import psycopg
 from fastapi import APIRouter, Depends, FastAPI, params
 from psycopg.rows import TupleRow
 
-from poolwarden import Override, Resource, Warden
+from poolwarden import Client, Override, Resource, Warden
 from poolwarden.fastapi import connection, depends, transaction
 from poolwarden.testing import FakeConnection, FakeConnector
 
@@ -72,3 +72,27 @@ def dependencies_are_depends_objects(db: Resource[FakeConnection], app: FastAPI)
     with db.override(app, fake) as undo:
         assert_type(undo, Override)
     db.override(app, fake, transaction=fake).undo()
+
+
+class Queue:
+    """A client of some service, made by a driver of the user's own."""
+
+
+class QueueDriver:
+    driver = "queue"
+
+    async def open(self) -> Queue:
+        return Queue()
+
+    async def ping(self, client: Queue) -> None: ...
+
+    async def close(self, client: Queue) -> None: ...
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return isinstance(exc, OSError)
+
+
+def clients_are_typed_by_their_driver() -> None:
+    warden = Warden()
+    assert_type(warden.client("queue", factory=QueueDriver()), Client[Queue])
+    assert_type(warden.client("cache", "redis://localhost:6379/0"), Client[Any])

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from poolwarden import Warden
 from poolwarden.orm import AsyncSQLAlchemy
@@ -157,6 +158,7 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ("
                 "  SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'"
                 "  AND query LIKE '%pg_sleep%' LIMIT 3) s", app)
+            killed_by = time.monotonic()  # a request that started before this may be on a killed backend
             await asyncio.sleep(1.0)
         finally:
             stop.set()
@@ -164,7 +166,10 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
         failures = [(started, exc) for started, exc in results if exc is not None]
         assert killed >= 1
         assert len(failures) == killed, failures
-        assert all(started < killed_at for started, _ in failures)
+        assert all(started < killed_by for started, _ in failures)
+        for _, exc in failures:  # SQLAlchemy saw the disconnect (and poolwarden discarded the connection)
+            assert isinstance(exc, DBAPIError), repr(exc)
+            assert exc.connection_invalidated, repr(exc)
         assert len([r for r in results if r[0] > killed_at]) > 50
         assert orm.stats().discarded.get("disconnect") == killed
         await _until(lambda: _settled(orm, pg_admin, app), 5, "pool size == server connections")

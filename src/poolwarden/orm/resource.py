@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors import connector_for
@@ -177,8 +178,11 @@ class AsyncSQLAlchemy(SQLAlchemyResource[AsyncSession]):
         self._async_session_class = async_session_class
 
     async def _orm_connect(self, handle: Any) -> AsyncConnection:
+        if self.bridge._records.get(id(unwrap(handle))) is not None:
+            # the wrapper exists: the checkout awaits nothing, so no greenlet is needed for it
+            return AsyncConnection(self.engine, self.engine.sync_engine.connect())
         conn = self.engine.connect()
-        await conn.start()  # the bridge's _do_get takes the reserved lease
+        await conn.start()  # the bridge's _do_get takes the reserved lease, the dialect connects
         return conn
 
     def _orm_session(self, conn: Any, **extra: Any) -> AsyncSession:
@@ -196,14 +200,19 @@ class AsyncSQLAlchemy(SQLAlchemyResource[AsyncSession]):
         session.sync_session.info[ENDED] = self.name
         cancelled = error is not None and not isinstance(error, Exception)
 
-        async def cleanup() -> None:
+        sync_session, sync_conn = session.sync_session, conn.sync_connection
+
+        def close_both() -> None:
             try:
                 if cancelled:
-                    await session.invalidate()  # no I/O through a connection a cancel left mid-query
+                    sync_session.invalidate()  # no I/O through a connection a cancel left mid-query
                 else:
-                    await session.close()
+                    sync_session.close()
             finally:
-                await conn.close()
+                sync_conn.close()
+
+        def cleanup() -> Awaitable[None]:
+            return greenlet_spawn(close_both)  # one switch into SQLAlchemy's sync side for both
 
         cleaned = True
         try:

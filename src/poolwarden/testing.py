@@ -20,6 +20,7 @@ from poolwarden.connectors.base import ServerInfo
 from poolwarden.pool import Pool
 from poolwarden.retry import set_testing
 from poolwarden.rollback import Rollback, RollbackLease
+from poolwarden.testing_orm import poolwarden_orm_session  # noqa: F401 - registers the ORM fixture
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -249,3 +249,42 @@ async def test_sqlmodel_sessions(tmp_path: Any) -> None:
         async with orm.session_scope() as s:
             from sqlmodel import select as sm_select
             assert [h.name for h in s.exec(sm_select(Hero)).all()] == ["Deadpond"]
+
+
+async def test_rollback_session_turns_commits_into_savepoints(orm: SQLAlchemyResource[Any]) -> None:
+    """Inside rollback_session, commits (the test's and orm.transaction's) are SAVEPOINTs; the test's
+    end rolls everything back, and a failing endpoint rolls back only its own work."""
+    from poolwarden.testing_orm import rollback_session
+
+    app = _app(orm)
+    async with rollback_session(orm, app) as s:
+        s.add(Note(id=1, body="mine"))
+        await _in(orm, s.commit)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.post("/notes/2", params={"body": "theirs"})).status_code == 200
+            assert (await client.post("/notes/3", params={"body": "refuse"})).status_code == 409
+            assert (await client.get("/notes")).json() == ["mine", "theirs"]
+    async with orm.session_scope() as s:
+        assert list(await _in(orm, lambda: s.scalars(select(Note.body)))) == []
+    assert orm.stats().in_use == 0
+
+
+@pytest.fixture
+async def sqlite_orm(tmp_path: Any) -> AsyncIterator[AsyncSQLAlchemy]:
+    warden = Warden()
+    orm = warden.sqlalchemy("db", f"sqlite+aiosqlite:///{tmp_path}/fx.db")
+    async with warden:
+        async with orm.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        yield orm
+        async with orm.session_scope() as s:
+            assert (await s.scalar(select(Note.body))) is None  # the fixture rolled it back
+
+
+async def test_the_orm_session_fixture(sqlite_orm: AsyncSQLAlchemy, poolwarden_orm_session: Any) -> None:
+    """The poolwarden_orm_session fixture gives a session whose work is rolled back at teardown."""
+    session = await poolwarden_orm_session(sqlite_orm)
+    session.add(Note(id=1, body="x"))
+    await session.commit()
+    assert (await session.scalar(select(Note.body))) == "x"

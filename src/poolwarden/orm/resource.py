@@ -100,9 +100,11 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
                                                                   transaction=transaction)
         return dep
 
-    def override_sessions(self, app: FastAPI, session: Callable[..., Any]) -> Override:
+    def override_sessions(self, app: FastAPI, session: Callable[..., Any],
+                          transaction: Callable[..., Any] | None = None) -> Override:
         """Make every session dependency of this resource give ``session`` (a FastAPI dependency)
-        in ``app``, for tests; ``undo()`` the result (or ``with`` it) to restore."""
+        in ``app``, for tests (``transaction`` for :attr:`transaction` when given); ``undo()`` the
+        result (or ``with`` it) to restore. :mod:`poolwarden.testing_orm` builds on it."""
         keys: list[tuple[Callable[..., Any], Callable[..., Any]]] = []
         for release in ("endpoint", "response"):
             for tx in (False, True):
@@ -110,7 +112,7 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
                     continue
                 own = self.session_depends(release=release, transaction=tx).dependency
                 assert own is not None
-                keys.append((own, session))
+                keys.append((own, transaction if tx and transaction is not None else session))
         return Override(app, keys)
 
     # -- outside FastAPI --------------------------------------------------------------------------

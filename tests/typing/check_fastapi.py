@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, assert_type
 
 import aiosqlite
+import asyncpg
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, params
 from psycopg.rows import TupleRow
@@ -96,3 +97,25 @@ def clients_are_typed_by_their_driver() -> None:
     warden = Warden()
     assert_type(warden.client("queue", factory=QueueDriver()), Client[Queue])
     assert_type(warden.client("cache", "redis://localhost:6379/0"), Client[Any])
+
+
+def asyncpg_pools_are_typed_too() -> FastAPI:
+    """The README's quick start: asyncpg's types come from asyncpg-stubs (pip install asyncpg-stubs).
+    Its Connection is generic in the record type: annotate once (mypy infers Connection[Any])."""
+    warden = Warden()
+    db: Resource[asyncpg.Connection] = warden.pool(
+        "db", "postgresql://app@localhost/app", connection_class=asyncpg.Connection)
+    app = FastAPI(lifespan=warden.lifespan)
+
+    @app.get("/n")
+    async def n(conn: Annotated[asyncpg.Connection, db.connection]) -> int:
+        assert_type(conn, asyncpg.Connection)
+        value = await conn.fetchval("SELECT 1")
+        return int(value)
+
+    return app
+
+
+async def outside_fastapi(db: Resource[asyncpg.Connection]) -> None:
+    async with db, db.acquire() as conn:
+        assert_type(conn, asyncpg.Connection)

@@ -4,6 +4,7 @@ and no other line is. Run by tests/unit/test_typing.py, not by pytest or the pla
 from __future__ import annotations
 
 import aiosqlite
+import asyncpg
 import psycopg
 from psycopg.rows import TupleRow
 
@@ -21,3 +22,9 @@ warden.client("cache", "redis://localhost", max_size=3)  # E
 async def use() -> None:
     async with lite.acquire() as conn:
         await conn.fetchval("SELECT 1")  # E
+
+
+async def use_asyncpg() -> None:
+    pg = warden.pool("pg", "postgresql://app@localhost/app", connection_class=asyncpg.Connection)
+    async with pg.acquire() as conn:
+        await conn.fetchvall("SELECT 1")  # E

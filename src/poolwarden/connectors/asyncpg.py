@@ -111,7 +111,8 @@ class AsyncpgConnector:
         # in between leaves no server transaction but a client-side one, which would turn the next
         # borrower's transaction() into a SAVEPOINT: the release path must roll it back too.
         # Callbacks a lease registered (listeners, loggers) must not outlive it either.
-        return bool(conn.is_in_transaction()) or conn._top_xact is not None or _has_callbacks(conn)
+        top = getattr(conn, "_top_xact", None)  # private: not in asyncpg-stubs
+        return bool(conn.is_in_transaction()) or top is not None or _has_callbacks(conn)
 
     async def rollback(self, conn: asyncpg.Connection) -> None:
         # A transaction started with ``tr = conn.transaction(); await tr.start()`` and never
@@ -162,6 +163,7 @@ class AsyncpgConnector:
         # pointed at PgBouncer, where a named one stays on the server and the next check's
         # "__asyncpg_stmt_1__" collides with it (DuplicatePreparedStatementError).
         row = await (await conn.prepare(_SERVER_INFO, name="")).fetchrow()
+        assert row is not None  # a SELECT without FROM returns one row
         return ServerInfo(product="PostgreSQL", version=str(row[0]), max_connections=int(row[1]))
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 sys.path.insert(0, str(Path(__file__).parent))
 from floor import FloorPool
 
-from poolwarden import Warden
+from poolwarden import Unavailable, Warden
 
 SELECT1 = text("SELECT 1")
 
@@ -45,9 +45,13 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def _drive(app: FastAPI, seconds: float, clients: int = 50) -> tuple[float, float]:
-    """req/s and p99 latency of GET / with ``clients`` concurrent in-process clients."""
+Drive = tuple[float, float, int]  # served req/s, p99 latency, 503s
+
+
+async def _drive(app: FastAPI, seconds: float, clients: int = 50) -> Drive:
+    """req/s (200s only) and p99 latency of GET / with ``clients`` concurrent in-process clients."""
     latencies: list[float] = []
+    refused = 0
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
         for _ in range(20):
@@ -55,15 +59,19 @@ async def _drive(app: FastAPI, seconds: float, clients: int = 50) -> tuple[float
         deadline = time.perf_counter() + seconds
 
         async def loop() -> None:
+            nonlocal refused
             while time.perf_counter() < deadline:
                 start = time.perf_counter()
                 r = await client.get("/")
+                if r.status_code == 503:  # shed by poolwarden's adaptive queue control
+                    refused += 1
+                    continue
                 latencies.append(time.perf_counter() - start)
                 assert r.status_code == 200, r.status_code
         start = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, _pct(latencies, 0.99)
+    return len(latencies) / elapsed, _pct(latencies, 0.99), refused
 
 
 def _async_url(url: str) -> str:
@@ -74,7 +82,7 @@ def _sync_url(url: str) -> str:
     return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-async def bench_plain_async(url: str, seconds: float) -> tuple[float, float]:
+async def bench_plain_async(url: str, seconds: float) -> Drive:
     engine = create_async_engine(_async_url(url), pool_size=10, max_overflow=0)
     maker = async_sessionmaker(engine, expire_on_commit=False)
 
@@ -94,10 +102,11 @@ async def bench_plain_async(url: str, seconds: float) -> tuple[float, float]:
         await engine.dispose()
 
 
-async def bench_warden_async(url: str, seconds: float, *, adaptive: bool = False) -> tuple[float, float]:
+async def bench_warden_async(url: str, seconds: float, *, adaptive: bool = False) -> Drive:
     warden = Warden()
     orm = warden.sqlalchemy("db", _async_url(url), min_size=10, max_size=10, adaptive_queue=adaptive)
     app = FastAPI()
+    warden.install(app, health=False, metrics=False, stats=False)  # a shed request is a 503
 
     @app.get("/")
     async def one(s: Annotated[AsyncSession, orm.session]) -> int:
@@ -107,7 +116,7 @@ async def bench_warden_async(url: str, seconds: float, *, adaptive: bool = False
         return await _drive(app, seconds)
 
 
-async def bench_plain_sync(url: str, seconds: float) -> tuple[float, float]:
+async def bench_plain_sync(url: str, seconds: float) -> Drive:
     engine = create_engine(_sync_url(url), pool_size=10, max_overflow=0)
     maker = sessionmaker(engine, expire_on_commit=False)
 
@@ -128,7 +137,7 @@ async def bench_plain_sync(url: str, seconds: float) -> tuple[float, float]:
         engine.dispose()
 
 
-async def bench_warden_sync(url: str, seconds: float) -> tuple[float, float]:
+async def bench_warden_sync(url: str, seconds: float) -> Drive:
     warden = Warden()
     orm = warden.sqlalchemy("db", _sync_url(url), sync=True, min_size=10, max_size=10, adaptive_queue=False)
     app = FastAPI()
@@ -151,7 +160,10 @@ async def _overload(acquire_and_query: Callable[[], Awaitable[float]], seconds: 
 
     async def loop() -> None:
         while time.perf_counter() < deadline:
-            waits.append(await acquire_and_query())
+            try:
+                waits.append(await acquire_and_query())
+            except Unavailable:  # shed by the adaptive queue control: the caller would get a 503
+                pass
     await asyncio.gather(*(loop() for _ in range(tasks)))
     return _pct(waits, 0.99), statistics.fmean(waits)
 
@@ -206,8 +218,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    rows: dict[str, list[tuple[float, float]]] = {}
-    benches: dict[str, Callable[[str, float], Awaitable[tuple[float, float]]]] = {
+    rows: dict[str, list[Drive]] = {}
+    benches: dict[str, Callable[[str, float], Awaitable[Drive]]] = {
         "async: plain SQLAlchemy pool": bench_plain_async,
         "async: SQLAlchemy on poolwarden": bench_warden_async,
         "async: on poolwarden, adaptive LIFO": partial(bench_warden_async, adaptive=True),
@@ -225,11 +237,12 @@ async def main() -> None:
         waits[ours_name].append(await overload_sqlalchemy(args.url, args.seconds, warden=True))
         waits[lifo_name].append(await overload_sqlalchemy(args.url, args.seconds, warden=True, adaptive=True))
     print(f"FastAPI, one SELECT 1 per request, 50 clients, pool 10 (median of {args.rounds} rounds)")
-    print(f"{'contender':36} {'req/s':>8} {'p99 ms':>8}")
+    print(f"{'contender':36} {'req/s':>8} {'p99 ms':>8} {'503s':>6}")
     for name, results in rows.items():
         rps = statistics.median(r[0] for r in results)
         p99 = statistics.median(r[1] for r in results)
-        print(f"{name:36} {rps:8.0f} {p99 * 1000:8.2f}")
+        shed = sum(r[2] for r in results)
+        print(f"{name:36} {rps:8.0f} {p99 * 1000:8.2f} {shed:6d}")
     # SQLAlchemy's per-lease work is slower than raw asyncpg's, so raw p99s differ by the cycle time;
     # the tail over the mean (1.0 for a perfectly fair queue) is what fairness changes.
     print("\nOverload: 200 tasks on 10 connections, wait for a connection")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Collection, Generator, Mapping
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from poolwarden.errors import LeaseEnded
@@ -279,7 +280,7 @@ def _bind(value: Any, handle: Handle, resources: tuple[type[Any], ...]) -> Any:
         proxy._lg_handle = handle
         proxy._lg_obj = value
         return proxy
-    if inspect.iscoroutine(value):
+    if type(value) is CoroutineType:
         return _bind_later(value, handle, resources)
     return value
 
@@ -331,9 +332,11 @@ def _object_forwarder(name: str, doc: str | None, resources: tuple[type[Any], ..
             raise _ended(handle, name)
         obj = self._lg_obj
         result = getattr(type(obj), name)(obj, *args, **kwargs)
-        if inspect.iscoroutine(result):
+        if type(result) is CoroutineType:
             return _rebind_later(self, result, resources)
-        return _rebind(self, result, resources)
+        if result is obj:
+            return self
+        return _bind(result, handle, resources) if isinstance(result, resources) else result
 
     forward.__name__ = name
     forward.__qualname__ = f"LeaseBound.{name}"

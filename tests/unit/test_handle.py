@@ -154,3 +154,147 @@ async def test_release_with_a_disconnect_error_discards(make_pool: MakePool) -> 
     await pool.release(conn, error=FakeDisconnect("gone"))
     assert raw.closed
     assert pool.stats().discarded == {"disconnect": 1}
+
+
+# -- lease-bound driver objects, callbacks, isinstance, call-time lookup --------------------------------
+
+
+class _Rec:
+    """The least of a pool record a handle reads: its pool's name."""
+
+    class pool:  # stands in for the record's pool attribute
+        name = "db"
+
+
+class DriverBase:
+    """Stands in for asyncpg's _ConnectionProxy: the class the driver's isinstance checks accept."""
+
+    __slots__ = ()
+
+
+class Cursor:
+    def __init__(self, conn: BoundDriver) -> None:
+        self.connection = conn
+        self.rows = [1, 2]
+
+    async def execute(self, sql: str) -> Cursor:
+        self.connection.log.append(sql)
+        return self
+
+    async def fetchall(self) -> list[int]:
+        return list(self.rows)
+
+    def child(self) -> Cursor:
+        return Cursor(self.connection)
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> Cursor:
+        self._it = iter(self.rows)
+        return self
+
+    async def __anext__(self) -> int:
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class BoundDriver:
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.callbacks: list[Any] = []
+
+    def cursor(self) -> Cursor:
+        return Cursor(self)
+
+    async def prepare(self, sql: str) -> Cursor:
+        return Cursor(self)
+
+    def add_listener(self, channel: str, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def remove_listener(self, channel: str, callback: Any) -> None:
+        self.callbacks.remove(callback)
+
+    def notify(self, payload: str) -> None:
+        for cb in self.callbacks:
+            cb(self, payload)
+
+    def ping(self) -> str:
+        return "pong"
+
+
+def _lend(raw: Any) -> Any:
+    from poolwarden.handle import register_driver
+
+    register_driver(BoundDriver, base=DriverBase, bound=("cursor", "prepare"),
+                    callbacks={"add_listener": True}, resources=(Cursor,))
+    handle: Any = object.__new__(handle_class_for(type(raw)))
+    handle._lg_conn = raw
+    handle._lg_rec = _Rec()
+    return handle
+
+
+async def test_objects_made_from_a_handle_end_with_its_lease() -> None:
+    """Cursors (made, prepared, chained, entered, iterated) work during the lease and raise LeaseEnded
+    after it; their .connection is the handle, never the driver's connection."""
+    raw = BoundDriver()
+    conn = _lend(raw)
+    cur = conn.cursor()
+    assert cur.connection is conn
+    assert await cur.execute("one") is cur
+    assert await cur.fetchall() == [1, 2]
+    prepared = await conn.prepare("two")
+    child = prepared.child()
+    async with conn.cursor() as entered:
+        assert [row async for row in entered] == [1, 2]
+    conn._lg_conn = None  # what release does
+    for stale in (cur, prepared, child, entered):
+        with pytest.raises(LeaseEnded, match=r"^db: "):
+            await stale.execute("after")
+        with pytest.raises(LeaseEnded):
+            _ = stale.rows
+    assert raw.log == ["one"]
+
+
+def test_callbacks_get_the_handle_and_fall_silent_when_the_lease_ends() -> None:
+    """A callback registered through a handle receives the handle, can be removed with the same
+    callable, and is never called once the lease has ended."""
+    raw = BoundDriver()
+    conn = _lend(raw)
+    heard: list[tuple[Any, str]] = []
+
+    def on(c: Any, payload: str) -> None:
+        heard.append((c, payload))
+
+    conn.add_listener("ch", on)
+    raw.notify("one")
+    assert heard == [(conn, "one")]
+    conn._lg_conn = None
+    raw.notify("two")
+    assert heard == [(conn, "one")]
+    conn2 = _lend(raw)
+    conn2.add_listener("ch", on)
+    conn2.remove_listener("ch", on)
+    assert len(raw.callbacks) == 1  # only the first lease's, which the pool removes at release
+
+
+def test_handle_passes_the_registered_isinstance_base() -> None:
+    """A driver registered with a base (asyncpg's _ConnectionProxy) gets handles that are instances of it."""
+    conn = _lend(BoundDriver())
+    assert isinstance(conn, DriverBase)
+    assert isinstance(conn, Handle)
+
+
+def test_methods_are_looked_up_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method patched on the driver's class after the handle class was built is the one called
+    (instrumentations patch classes after pools exist)."""
+    conn = _lend(BoundDriver())
+    assert conn.ping() == "pong"
+    monkeypatch.setattr(BoundDriver, "ping", lambda self: "traced pong")
+    assert conn.ping() == "traced pong"

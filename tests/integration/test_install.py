@@ -310,3 +310,20 @@ def test_connection_class_types_the_pool_and_is_checked() -> None:
 def test_otel_exporter_is_reachable_as_written_in_the_readme() -> None:
     """``poolwarden.observe.otel.instrument(warden)`` works after a plain ``import poolwarden``."""
     poolwarden.observe.otel.instrument(_warden())
+
+
+def test_a_mounted_sub_application_is_bound_on_its_own() -> None:
+    """A mounted FastAPI sub-application serves its own requests: bind() it to the warden, and its
+    app-bound dependencies lend from that warden's pools."""
+    connector = FakeConnector()
+    warden = _warden(connector)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, metrics=False)
+    sub = FastAPI()
+    sub.include_router(router)
+    app.mount("/v1", sub)
+    with TestClient(app) as client:
+        with pytest.raises(ConfigError, match="no warden is bound"):
+            client.get("/v1/which")
+        pwf.bind(warden, sub)
+        assert client.get("/v1/which").json() == {"connector": id(connector)}

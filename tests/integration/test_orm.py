@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 from sqlalchemy import String, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -170,6 +171,16 @@ def _app(orm: SQLAlchemyResource[Any], warden_install: Warden | None = None) -> 
                 raise HTTPException(409)
             return {"id": nid}
 
+        @app.post("/swallow/{nid}")
+        async def swallow(nid: int, s: ATx) -> dict[str, int]:
+            s.add(Note(id=nid, body=f"swallowed {nid}"))
+            await s.flush()
+            try:
+                await s.execute(text("SELECT * FROM pw_no_such_table"))
+            except DBAPIError:
+                pass  # the endpoint carries on as if nothing happened
+            return {"id": nid}
+
         @app.get("/notes")
         async def notes(s: ASession) -> list[str]:
             return list((await s.scalars(select(Note.body).order_by(Note.id))).all())
@@ -182,6 +193,16 @@ def _app(orm: SQLAlchemyResource[Any], warden_install: Warden | None = None) -> 
             s.add(Note(id=nid, body=body))
             if body == "refuse":
                 raise HTTPException(409)
+            return {"id": nid}
+
+        @app.post("/swallow/{nid}")
+        def swallow_sync(nid: int, s: STx) -> dict[str, int]:
+            s.add(Note(id=nid, body=f"swallowed {nid}"))
+            s.flush()
+            try:
+                s.execute(text("SELECT * FROM pw_no_such_table"))
+            except DBAPIError:
+                pass
             return {"id": nid}
 
         @app.get("/notes")
@@ -201,6 +222,22 @@ async def test_session_dependencies_commit_roll_back_and_never_lie(orm: SQLAlche
         assert (await client.post("/notes/3", params={"body": "a"})).status_code == 500
         assert (await client.get("/notes")).json() == ["a"]
     assert orm.stats().in_use == 0
+
+
+async def test_a_caught_error_never_reports_a_commit(orm: SQLAlchemyResource[Any]) -> None:
+    """A statement that failed inside orm.transaction (its error caught by the endpoint) makes the
+    request fail: on PostgreSQL the COMMIT would silently roll back; elsewhere the rest commits."""
+    app = _app(orm)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/swallow/7")
+        notes = (await client.get("/notes")).json()
+    if orm.engine.dialect.name == "postgresql":
+        assert response.status_code == 500
+        assert notes == []
+    else:  # MySQL and SQLite roll back only the failed statement: the rest is really committed
+        assert response.status_code == 200
+        assert notes == ["swallowed 7"]
 
 
 async def test_dependency_overrides_replace_the_session(orm: SQLAlchemyResource[Any]) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors import connector_for
 from poolwarden.connectors.base import Connector
-from poolwarden.errors import ConfigError
+from poolwarden.errors import ConfigError, TransactionFailed
 from poolwarden.handle import unwrap
 from poolwarden.orm.bridge import ConnectionDropped, Lease, WardenPool
 from poolwarden.orm.sessions import ENDED, guarded, settle
@@ -66,6 +66,12 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
             # BEGIN is emitted here (SQLAlchemy's documented recipe); SAVEPOINTs then work too.
             event.listen(sync_engine, "begin", _sqlite_begin)
         self._sync_engine = sync_engine
+        if sync_engine.dialect.name == "postgresql":
+            # PostgreSQL answers the COMMIT of a transaction in which a statement failed with ROLLBACK,
+            # and the drivers report that as a success: remember the failure until a rollback clears it
+            event.listen(sync_engine, "handle_error", _statement_failed)
+            for name in ("rollback", "rollback_savepoint", "commit"):
+                event.listen(sync_engine, name, _failure_cleared)
         self._session_class = guarded(session_class)
         self._session_options = {"expire_on_commit": False, **session_options}
         self._session_depends: dict[tuple[Release, bool], Depends] = {}
@@ -196,6 +202,7 @@ class AsyncSQLAlchemy(SQLAlchemyResource[AsyncSession]):
         failure: BaseException | None = None
         try:
             if commit and error is None:
+                _check_not_failed(self.name, conn.sync_connection)
                 await session.commit()
         except BaseException as exc:
             failure = error = exc
@@ -262,6 +269,7 @@ class SyncSQLAlchemy(SQLAlchemyResource[Session]):
         def cleanup() -> None:
             try:
                 if commit and not cancelled and error is None:
+                    _check_not_failed(self.name, conn)
                     session.commit()
             finally:
                 session.info[ENDED] = self.name
@@ -304,6 +312,29 @@ def _invalidate_orphan(task: asyncio.Future[Connection]) -> None:
         conn = task.result()
         conn.invalidate()
         conn.close()
+
+
+_FAILED = "poolwarden.statement_failed"
+
+
+def _statement_failed(context: Any) -> None:
+    conn = context.connection
+    if conn is not None and not conn.invalidated and conn.in_transaction():
+        conn.info[_FAILED] = True
+
+
+def _failure_cleared(conn: Connection, *args: Any) -> None:
+    conn.info.pop(_FAILED, None)
+
+
+def _check_not_failed(resource: str, conn: Connection | None) -> None:
+    """Refuse to COMMIT a PostgreSQL transaction that a failed statement aborted: it would roll back
+    and be reported as a success."""
+    if conn is not None and not conn.closed and not conn.invalidated and conn.info.pop(_FAILED, False):
+        raise TransactionFailed(
+            f"{resource}: not committed: a statement failed inside this transaction (its error was "
+            "caught), so PostgreSQL would answer COMMIT with ROLLBACK; nothing in it was saved",
+            resource=resource)
 
 
 def _sqlite_begin(conn: Connection) -> None:

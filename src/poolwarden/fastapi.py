@@ -204,9 +204,9 @@ def install(warden: Warden, app: FastAPI, *, health: bool = True, metrics: bool 
             tags: Sequence[str] = ("poolwarden",), include_in_schema: bool = False,
             dashboard: bool = False) -> None:
     """Register the handlers and routes on ``app`` and bind ``warden`` to it (see :meth:`Warden.install`)."""
+    bind(warden, app)  # first: refused for an app bound to another warden, before anything is added
     app.add_exception_handler(Unavailable, _unavailable)
     app.add_exception_handler(PoolClosed, _unavailable)
-    bind(warden, app)
     internals = bool(dependencies) if stats is None else stats
     # /livez and /readyz answer anonymous probes (a kubelet sends no credentials): never guarded,
     # not even by the app's own FastAPI(dependencies=...); /metrics stays under those

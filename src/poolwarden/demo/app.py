@@ -20,9 +20,12 @@ What to look at:
   ``db.depends(release="response")``: its connection stays lent until the last line is sent.
 * ``warden.install(app)``: a dry pool or a dead database answers ``503`` with ``Retry-After`` instead of
   hanging or leaking a stack trace; ``/livez``, ``/readyz`` and ``/poolwarden/stats`` come with it.
-* ``/`` polls ``/poolwarden/stats`` and draws the pool; its button fires 200 concurrent requests at
-  ``/slow`` (which holds a connection for 50 ms), and the pool grows to ``max_size``, queues the rest,
-  then shrinks back to ``min_size`` a few seconds later.
+* ``/`` is the live dashboard (``poolwarden.observe.dashboard``): connections, queue, waits, acquires/s,
+  refusals and the event timeline. "Create load" fires 300 concurrent requests at ``/slow`` (which
+  holds a connection for 50 ms): the pool grows to ``max_size``, queues the rest, then shrinks back to
+  ``min_size`` a few seconds later. "Simulate outage" makes every new connect fail as a dead server's
+  would and expires the connections: the circuit opens and requests are shed with 503 until "Recover".
+* ``/docs`` and ``/redoc`` work offline (their assets come from the fastapi-offline package).
 """
 
 import asyncio
@@ -39,6 +42,7 @@ from typing import Annotated, Any
 import httpx
 from fastapi import FastAPI, HTTPException, Query, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from poolwarden import Warden
@@ -197,7 +201,8 @@ def create_app(url: str | None = None) -> FastAPI:
                 await sql.execute(conn, SCHEMA.format(id_column=sql.id_column))
             yield
 
-    app = FastAPI(title="notes", summary="A poolwarden demo", lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc from assets shipped in a package, so they work without internet
+    app = FastAPIOffline(title="notes", summary="A poolwarden demo", lifespan=lifespan)
     # 503 problem+json handlers, /livez, /readyz, /metrics; stats=True serves /poolwarden/stats (for
     # `poolwarden top`) to anyone: fine for a demo on localhost, not for a public service
     warden.install(app, stats=True)
@@ -313,6 +318,33 @@ def create_app(url: str | None = None) -> FastAPI:
 
     db.connector.connect = connect  # type: ignore[method-assign]
 
+    load: dict[str, Any] = {"task": None, "status": Counter()}
+
+    @app.post("/demo/load", include_in_schema=False)
+    async def start_load(seconds: Annotated[float, Query(gt=0, le=60)] = 8.0,
+                         concurrency: Annotated[int, Query(ge=1, le=500)] = 40) -> dict[str, Any]:
+        """Keep ``concurrency`` callers requesting /slow for ``seconds``, in the background (more
+        callers than connections: the pool fills, callers queue, and past its bound it sheds)."""
+        if load["task"] is not None and not load["task"].done():
+            return {"running": True}
+
+        async def worker(client: httpx.AsyncClient, until: float) -> None:
+            while time.monotonic() < until:
+                response = await client.get("/slow")
+                load["status"][str(response.status_code)] += 1
+                if response.status_code != 200:
+                    await asyncio.sleep(0.05)  # a refused caller retries a little later
+
+        async def run() -> None:
+            until = time.monotonic() + seconds
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://notes") as client:
+                await asyncio.gather(*(worker(client, until) for _ in range(concurrency)))
+
+        load["status"] = Counter()
+        load["task"] = asyncio.create_task(run())
+        return {"running": True, "seconds": seconds, "concurrency": concurrency}
+
     @app.post("/demo/outage", include_in_schema=False)
     async def start_outage() -> dict[str, bool]:
         outage["on"] = True
@@ -324,11 +356,13 @@ def create_app(url: str | None = None) -> FastAPI:
         outage["on"] = False
         return {"outage": False}
 
-    app.include_router(dashboard.router(warden, prefix="/poolwarden/dashboard", actions=(
-        dashboard.Action("Create load (300 requests)", "/burst?n=300"),
+    board = dashboard.router(warden, prefix="/poolwarden/dashboard", actions=(
+        dashboard.Action("Create load (40 callers, 8 s)", "/demo/load"),
         dashboard.Action("Simulate outage", "/demo/outage", danger=True),
         dashboard.Action("Recover", "/demo/recover"),
-    )))
+    ))
+    app.include_router(board)
+    dashboard.attach(app, board.history)  # sampled from start-up, not from the first visit
 
     @app.get("/", include_in_schema=False)
     async def page() -> RedirectResponse:

@@ -47,7 +47,7 @@
     const common = { stroke: color("muted"), grid: { stroke: color("line"), width: 1 },
                      ticks: { stroke: color("line"), width: 1 }, font: "11px system-ui, sans-serif" };
     return [Object.assign({}, common, { values: (u, vals) => vals.map(clock) }),
-            Object.assign({}, common, { size: 48,
+            Object.assign({}, common, { size: 58,
               values: (u, vals) => vals.map((v) => (kind === "wait" ? ms(v) : fmt(v, v < 10 && v % 1 ? 1 : 0))) })];
   }
 
@@ -154,6 +154,14 @@
                  "drain.abandoned": "bad", "loop.blocked": "bad", "pool.ready": "ok", "pool.degraded": "warn",
                  "pool.paused": "warn", "pool.resumed": "ok", "client.ready": "ok" };
 
+  function describe(e) {
+    const bits = [];
+    if (e.route) bits.push("route: " + e.route);
+    if (e.detail) bits.push(String(e.detail));
+    else if (e.reason) bits.push("reason: " + e.reason);
+    return bits.join(" · ");
+  }
+
   function addEvents(events) {
     const list = document.getElementById("events");
     for (const e of events) {
@@ -162,13 +170,17 @@
       if (eventsSeen.length > 500) eventsSeen.shift();
       const empty = list.querySelector(".empty");
       if (empty) empty.remove();
-      const key = [e.event, e.resource, e.reason, e.route, e.detail].join("\u0000");
+      // a burst of connects or discards is one line with a count; the detail shown is the latest
+      const noisy = ["connection.opened", "connection.failed", "connection.recycled", "connection.discarded"];
+      const key = [e.event, e.resource, e.reason, e.route, noisy.includes(e.event) ? "" : e.detail].join("\u0000");
       const top = list.firstElementChild;
       if (top && top.dataset.key === key) {  // a burst of the same event: one line with a count
         const n = Number(top.dataset.count) + 1;
         top.dataset.count = String(n);
         top.querySelector(".count").textContent = "×" + n;
         top.querySelector(".when").textContent = new Date(num(e.t) * 1000).toLocaleTimeString([], { hour12: false });
+        const detail = top.querySelector(".detail");
+        if (detail && e.detail) detail.textContent = describe(e);
         continue;
       }
       const li = el("li");
@@ -178,11 +190,8 @@
       const when = new Date(num(e.t) * 1000).toLocaleTimeString([], { hour12: false });
       li.append(el("span", "when", when), el("span", "tag " + (TONE[e.event] || "info"), String(e.event)),
                 el("span", "res", String(e.resource)), el("span", "count", ""));
-      const bits = [];
-      if (e.reason) bits.push("reason: " + e.reason);
-      if (e.route) bits.push("route: " + e.route);
-      if (e.detail) bits.push(String(e.detail));
-      if (bits.length) li.append(el("div", "detail", bits.join(" · ")));
+      const text = describe(e);
+      if (text) li.append(el("div", "detail", text));
       list.prepend(li);
       while (list.children.length > 200) list.lastChild.remove();
     }
@@ -235,6 +244,7 @@
 
   // for tests and curious operators: how many points each resource's charts hold
   window.poolwardenDashboard = { points: (name) => (state[name] ? state[name].data.t.length : 0),
+                                 series: (name, key) => (state[name] && state[name].data[key] ? state[name].data[key].slice() : []),
                                  resources: () => Object.keys(state) };
   tick();
 })();

@@ -90,10 +90,11 @@ from app_under_test import TABLE, create_app, shared_warden
 from poolwarden.rollback import execute
 
 
-@pytest.fixture
-def client(poolwarden_rollback):
-    """A new app and TestClient per test (the full-stack template's and most apps' pattern)."""
-    app = create_app()
+@pytest.fixture(params=["warden-per-app", "module-level-warden"])
+def client(request, poolwarden_rollback):
+    """A new app and TestClient per test (the full-stack template's and most apps' pattern), with a
+    warden per app or one module-level warden that each test's lifespan opens again."""
+    app = create_app() if request.param == "warden-per-app" else create_app(shared_warden)
     poolwarden_rollback(app)
     with TestClient(app) as client:
         yield client
@@ -152,20 +153,6 @@ async def test_seeded_by_a_fixture(seeded, run):
     assert (await seeded.post("/items/z")).status_code == 200
     assert (await seeded.get("/count")).json() == 2
 
-
-@pytest.fixture
-def on_shared_warden(poolwarden_rollback):
-    app = create_app(shared_warden)
-    poolwarden_rollback(app)
-    with TestClient(app) as client:
-        yield client
-
-
-@pytest.mark.parametrize("run", range(3))
-def test_module_level_warden_reopened_per_test(on_shared_warden, run):
-    assert on_shared_warden.get("/count").json() == 0
-    assert on_shared_warden.post("/items/w").status_code == 200
-    assert on_shared_warden.get("/count").json() == 1
 '''
 
 

@@ -15,10 +15,9 @@ import psycopg
 from psycopg import pq
 
 from poolwarden.config import DSN, PoolConfig
-from poolwarden.connectors._shared import check_options, conflict, driver_url
 from poolwarden.connectors._threads import ThreadedConnector
 from poolwarden.connectors.base import ServerInfo
-from poolwarden.connectors.psycopg import _CONNECT_ARGS, _OPEN, _SERVER_INFO, _SESSION_ENDED
+from poolwarden.connectors.psycopg import _OPEN, _SERVER_INFO, PsycopgConnector
 
 __all__ = ["SyncPsycopgConnector", "create"]
 
@@ -39,20 +38,15 @@ class SyncPsycopgConnector(ThreadedConnector[Connection]):
 
     def __init__(self, dsn: DSN, config: PoolConfig) -> None:
         super().__init__()
-        libpq_keys = {opt.keyword.decode() for opt in pq.Conninfo.get_defaults()}
-        options = check_options(self.driver, config.options, _CONNECT_ARGS | libpq_keys)
-        self._autocommit = bool(options.pop("autocommit", True))
-        self._prepare_threshold: int | None = options.pop("prepare_threshold", 5)
-        if config.pgbouncer and self._prepare_threshold is not None:
-            if "prepare_threshold" in config.options:
-                raise conflict(self.driver, "prepare_threshold", "with pgbouncer=True (must be None)")
-            self._prepare_threshold = None
-        self._own_connect_timeout = "connect_timeout" not in options and "connect_timeout" not in dsn.query
-        self._url = driver_url(dsn)
-        self._redacted = dsn.redacted
-        options.update(dsn.credentials(options))  # parameters, never inside a URL the driver could echo
-        self._options = options
-        self._pgbouncer = config.pgbouncer
+        # The async connector reads and checks the same options the same way (no I/O): reuse it.
+        self._same = same = PsycopgConnector(dsn, config)
+        self._autocommit = same._autocommit
+        self._prepare_threshold = same._prepare_threshold
+        self._own_connect_timeout = same._own_connect_timeout
+        self._url = same._url
+        self._redacted = same._redacted
+        self._options = same._options
+        self._pgbouncer = same._pgbouncer
 
     def __repr__(self) -> str:
         return f"<SyncPsycopgConnector {self._redacted}>"
@@ -113,11 +107,4 @@ class SyncPsycopgConnector(ThreadedConnector[Connection]):
         return conn.pgconn.transaction_status in _OPEN
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        if isinstance(exc, (OSError, TimeoutError)):
-            return True
-        if isinstance(exc, psycopg.Error):
-            state = exc.sqlstate
-            if state:
-                return state.startswith("08") or state in _SESSION_ENDED
-            return isinstance(exc, psycopg.OperationalError)
-        return False
+        return self._same.is_disconnect(exc)

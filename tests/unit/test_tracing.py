@@ -77,35 +77,36 @@ async def test_a_refusal_is_an_error_span_naming_why(
     async with warden:
         pool = warden["db"]
         expected: type[Exception]
-        if outcome == "backend_down":
-            fake.fail_connects = -1
-            fake.kill_all()
-            pool.expire()
-            for _ in range(100):
-                if pool.stats().circuit != "closed":
-                    break
-                await asyncio.sleep(0.01)
-            expected = BackendDown
-            with pytest.raises(expected):
-                await pool.acquire()
-        else:
-            async with pool.acquire():
-                if outcome == "overloaded":
-                    async def wait_in_line() -> None:
-                        await pool.acquire()
+        with provider.get_tracer("test").start_as_current_span("GET /x"):  # the request's span
+            if outcome == "backend_down":
+                fake.fail_connects = -1
+                fake.kill_all()
+                pool.expire()
+                for _ in range(100):
+                    if pool.stats().circuit != "closed":
+                        break
+                    await asyncio.sleep(0.01)
+                expected = BackendDown
+                with pytest.raises(expected):
+                    await pool.acquire()
+            else:
+                async with pool.acquire():
+                    if outcome == "overloaded":
+                        async def wait_in_line() -> None:
+                            await pool.acquire()
 
-                    queued = asyncio.create_task(wait_in_line())
-                    await asyncio.sleep(0)
-                    expected = PoolOverloaded
-                    with pytest.raises(expected):
-                        await pool.acquire()
-                    queued.cancel()
-                    await asyncio.gather(queued, return_exceptions=True)
-                else:
-                    expected = PoolTimeout
-                    with pytest.raises(expected):
-                        await pool.acquire()
-            fake.fail_connects = 0
+                        queued = asyncio.create_task(wait_in_line())
+                        await asyncio.sleep(0)
+                        expected = PoolOverloaded
+                        with pytest.raises(expected):
+                            await pool.acquire()
+                        queued.cancel()
+                        await asyncio.gather(queued, return_exceptions=True)
+                    else:
+                        expected = PoolTimeout
+                        with pytest.raises(expected):
+                            await pool.acquire()
+                fake.fail_connects = 0
     refused = [s for s in exporter.get_finished_spans()
                if s.attributes and s.attributes.get("poolwarden.acquire.outcome") == outcome]
     assert len(refused) == 1
@@ -113,6 +114,16 @@ async def test_a_refusal_is_an_error_span_naming_why(
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
     assert span.attributes["error.type"] == expected.__name__
+
+
+async def test_no_span_outside_a_sampled_trace(spans: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    """An acquire with no recording span around it (a job outside any trace) makes no span."""
+    provider, exporter = spans
+    warden, _ = _warden()
+    tracing.instrument(warden, tracer_provider=provider)
+    async with warden, warden["db"].acquire():
+        pass
+    assert [s.name for s in exporter.get_finished_spans()] == []
 
 
 async def test_without_instrument_the_pool_has_no_listener() -> None:

@@ -13,9 +13,10 @@ began to wait and ending when it was served or refused::
                                        with the span's status ERROR)
 
 The span is made after the fact, with its start time set back by the wait: nothing is held open while
-the caller waits, and the pool's hot path does not change. Without ``instrument`` the pools carry no
-listener at all (zero cost); instrumented with only opentelemetry-api and no SDK, the API's no-op tracer
-makes each span a few hundred nanoseconds (``benchmarks/bench_observe.py`` measures both).
+the caller waits, and the pool's hot path does not change. Spans are made only inside a sampled
+(recording) span, the request's: an acquire outside any trace, or with tracing off in the SDK, costs a
+context lookup. Without ``instrument`` the pools carry no listener at all (zero cost);
+``benchmarks/bench_observe.py`` measures each case.
 Only ``opentelemetry-api`` is needed; install an SDK and a tracer provider to export the spans.
 """
 
@@ -83,10 +84,11 @@ def _outcome(exc: Unavailable) -> str:
 class _Tracer:
     """The PoolListener that turns acquires and refusals into spans."""
 
-    __slots__ = ("_error", "_internal", "_names", "_tracer")
+    __slots__ = ("_current", "_error", "_internal", "_names", "_tracer")
 
     def __init__(self, tracer: Tracer, trace: Any) -> None:
         self._tracer = tracer
+        self._current = trace.get_current_span
         self._internal = trace.SpanKind.INTERNAL
         self._error = trace.StatusCode.ERROR
         self._names: dict[str, str] = {}
@@ -101,10 +103,14 @@ class _Tracer:
         return span, end
 
     def on_acquired(self, resource: str, wait: float) -> None:
+        if not self._current().is_recording():
+            return  # no sampled trace around this acquire: nothing to add a span to
         span, end = self._span(resource, wait, {POOL_NAME: resource, OUTCOME: "lent", WAIT: wait})
         span.end(end_time=end)
 
     def on_refused(self, resource: str, exc: Unavailable, wait: float) -> None:
+        if not self._current().is_recording():
+            return
         kind = type(exc).__name__
         span, end = self._span(resource, wait, {POOL_NAME: resource, OUTCOME: _outcome(exc), WAIT: wait,
                                                 "error.type": kind})

@@ -1,10 +1,11 @@
 """Every Python code block of README.md and docs/ runs, against the real servers, so none can rot.
 
-Each block is a complete script, run in a subprocess of its own from an empty directory (see
+Each block is a complete script, run in a process of its own from an empty directory (see
 ``run_block.py``: top-level ``await`` is allowed; an ``app`` it defines is driven through its
 lifespan). URLs in the examples read as a reader's would (``postgresql://app@localhost/app``); they are
 pointed at the test servers before running: PostgreSQL, MariaDB and Redis URLs at the servers of
-``tests/support/servers.py``, other http(s) hosts at a local stub that answers 200 to everything.
+``tests/support/servers.py``, other http(s) hosts (but loopback and the reserved ``.test``,
+``.example``, ``.invalid``, ``.localhost``) at a local stub that answers 200 to everything.
 
 A block titled with a file name (```` ```python title="app.py" ````) is also saved under that name for
 the later blocks of the same page, so a tutorial can build ``app.py`` and then import it; a block
@@ -14,9 +15,8 @@ titled ``test_*.py`` is run with pytest. A block may be skipped only with a reas
 
 from __future__ import annotations
 
+import multiprocessing.context
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.docs import run_block
 from tests.support.servers import MYSQL_URL, POSTGRES_URL, REDIS_URL, reachable, require
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNER = Path(__file__).with_name("run_block.py")
-TIMEOUT = 30
+TIMEOUT = 90  # generous: the blocks run four at a time on a machine that may be busy
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`\n]*)$")
 _NOT_RUN = re.compile(r'title="not run(?::\s*(?P<reason>[^"]*))?"')
@@ -114,6 +114,9 @@ def _netloc_path(url: str) -> str:
     return url.split("://", 1)[1]
 
 
+_RESERVED = (".test", ".example", ".invalid", ".localhost")  # RFC 2606 names: never on the network
+
+
 def localize(source: str, stub: str) -> tuple[str, set[str]]:
     """The block with its server URLs pointed at the test servers, and which servers it needs."""
     needs: set[str] = set()
@@ -132,7 +135,7 @@ def localize(source: str, stub: str) -> tuple[str, set[str]]:
 
     def web(m: re.Match[str]) -> str:
         host = urlsplit(m[0]).hostname or ""
-        if host in ("127.0.0.1", "localhost", "::1") or host.endswith(".example"):
+        if host in ("127.0.0.1", "localhost", "::1") or host.endswith(_RESERVED):
             return m[0]
         return stub + urlsplit(m[0]).path.rstrip("/")
 
@@ -150,14 +153,14 @@ _SERVERS = {"postgres": (POSTGRES_URL, "PostgreSQL"), "mysql": (MYSQL_URL, "Mari
 
 @dataclass
 class _Run:
-    command: list[str]
-    cwd: Path
+    script: Path
     needs: set[str]
-    outcome: subprocess.CompletedProcess[str] | None = None  # None: timed out
+    returncode: int | None = None  # None: timed out
+    output: str = ""
 
 
 def _prepare(block: Block, stub: str, where: Path) -> _Run:
-    """Write the block (and the files the page built before it) into ``where``; how to run it."""
+    """Write the block (and the files the page built before it) into ``where``."""
     needs: set[str] = set()
     for earlier in BLOCKS:
         if earlier.path == block.path and earlier.line < block.line and earlier.title:
@@ -169,29 +172,28 @@ def _prepare(block: Block, stub: str, where: Path) -> _Run:
     script = where / (block.title or "example.py")
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(source)
-    if script.name.startswith("test_"):
-        # a test page's blocks run under the pytest configuration the testing guide recommends
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error",
-                   "-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function",
-                   script.name]
+    return _Run(script, needs | needed)
+
+
+def _execute(ctx: multiprocessing.context.ForkServerContext, run: _Run) -> _Run:
+    output = run.script.parent / "output.txt"
+    process = ctx.Process(target=run_block.child, args=(str(run.script), str(output)))
+    process.start()
+    process.join(TIMEOUT)
+    if process.is_alive():
+        process.kill()
+        process.join()
     else:
-        command = [sys.executable, str(RUNNER), str(script)]
-    return _Run(command, where, needs | needed)
-
-
-def _execute(run: _Run) -> _Run:
-    try:
-        run.outcome = subprocess.run(run.command, cwd=run.cwd, capture_output=True, text=True,
-                                     timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        run.outcome = None
+        run.returncode = process.exitcode
+    process.close()
+    run.output = output.read_text() if output.exists() else ""
     return run
 
 
 @pytest.fixture(scope="module")
 def runs(request: pytest.FixtureRequest, stub_url: str,
          tmp_path_factory: pytest.TempPathFactory) -> dict[str, _Run]:
-    """Every selected block, run up front four at a time (each mostly waits on imports and servers)."""
+    """Every selected block, run up front, four at a time, each in a child of one forkserver."""
     selected = [item.callspec.params["block"] for item in request.session.items
                 if getattr(item, "callspec", None) and "block" in item.callspec.params]
     prepared: dict[str, _Run] = {}
@@ -200,8 +202,9 @@ def runs(request: pytest.FixtureRequest, stub_url: str,
             run = _prepare(block, stub_url, tmp_path_factory.mktemp("example"))
             if all(reachable(_SERVERS[server][0]) for server in run.needs):
                 prepared[block.id] = run
+    ctx = run_block.context()
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(_execute, prepared.values()))
+        list(pool.map(lambda run: _execute(ctx, run), prepared.values()))
     return prepared
 
 
@@ -216,12 +219,11 @@ def test_example_runs(block: Block, runs: dict[str, _Run], stub_url: str, tmp_pa
         for server in sorted(_prepare(block, stub_url, tmp_path).needs):
             require(*_SERVERS[server])
         pytest.fail(f"{block.id} was not run", pytrace=False)
-    result = run.outcome
-    if result is None:
-        pytest.fail(f"{block.id} ran longer than {TIMEOUT}s", pytrace=False)
-    is_test = Path(run.command[-1]).name.startswith("test_")
-    if result.returncode != 0 or not (is_test or result.stdout.rstrip().endswith("ok")):
-        pytest.fail(f"{block.id} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    if run.returncode is None:
+        pytest.fail(f"{block.id} ran longer than {TIMEOUT}s:\n{run.output}", pytrace=False)
+    is_test = run.script.name.startswith("test_")
+    if run.returncode != 0 or not (is_test or run.output.rstrip().endswith("ok")):
+        pytest.fail(f"{block.id} failed:\n{run.output}", pytrace=False)
 
 
 def test_examples_are_found() -> None:

@@ -262,8 +262,15 @@ def _top(args: argparse.Namespace) -> int:
     from poolwarden.observe import top
 
     httpx = _need("httpx")
-    url = _stats_url(args.url)
-    shown = top.clean(DSN(url).redacted if "@" in url else url, 200)
+    try:
+        target = DSN(_stats_url(args.url))  # parsed once: any credentials go as Basic auth, never in a URL
+    except ConfigError as exc:
+        print(f"poolwarden top: {exc}", file=sys.stderr)
+        return 2
+    url = target.url()
+    shown = top.clean(target.redacted, 200)
+    auth = (httpx.BasicAuth(target.username or "", target.password or "")
+            if target.username is not None or target.password is not None else None)
 
     def read(client: Any) -> top.Frame:
         with client.stream("GET", url) as response:
@@ -280,7 +287,7 @@ def _top(args: argparse.Namespace) -> int:
         reason = str(exc) if isinstance(exc, top.Garbage) else type(exc).__name__
         return f"poolwarden top: cannot read {shown}: {reason}"
 
-    with httpx.Client(timeout=max(args.interval, 2.0)) as client:
+    with httpx.Client(timeout=max(args.interval, 2.0), auth=auth) as client:
         try:
             frame = read(client)
         except Exception as exc:

@@ -100,7 +100,8 @@ class Secrets:
         message = str(exc).strip()
         if not message:
             return head
-        if self.exposed_in(message):
+        # a codec error describes the string it failed on: a character of the password and its place
+        if self.exposed_in(message) or (self.values and isinstance(exc, UnicodeError)):
             return f"{head}: (message withheld: it may contain a secret)"
         return f"{head}: {message}"
 

@@ -134,7 +134,7 @@ async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogC
                 with pytest.raises(BackendDown) as failed:
                     await pool.acquire()
                 seen += [str(failed.value), repr(failed.value), str(failed.value.__cause__)]
-            assert "could not connect to" in (quoted.stats().last_error or "")
+            assert quoted.stats().last_error == "ConnectionRefusedError"  # public: the class, no text
             r = await client.get("/down")
             assert r.status_code == 503
             seen += [r.text, str(r.headers)]
@@ -143,7 +143,7 @@ async def test_the_canary_appears_nowhere(postgres_url: str, caplog: pytest.LogC
                 r = await client.get(path)
                 seen += [r.text, str(r.headers)]
             assert "db_client_connection_count" in seen[-4]
-            assert "***" in seen[-2]  # the leaky error text was scrubbed, not dropped
+            assert "ConnectionRefusedError" in seen[-2]  # the leaky error's class, never its text
 
         for pool in (db, down, quoted):
             seen += [repr(pool), repr(pool.dsn), str(pool.dsn), repr(pool.connector), repr(pool.config),

@@ -96,6 +96,10 @@ class MysqlConnector:
             **dsn.query,
             **options,
         }
+        if isinstance(self._params["password"], str):
+            # asyncmy encodes a str password as latin-1: 'é' would not match and '€' raise; the server
+            # hashed the UTF-8 bytes that CREATE USER ... IDENTIFIED BY sent over a utf8mb4 session
+            self._params["password"] = self._params["password"].encode()
         self._redacted = dsn.redacted
 
     def __repr__(self) -> str:

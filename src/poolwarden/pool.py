@@ -357,8 +357,8 @@ class Pool(PoolUpkeep[C]):
         waiters.push(waiter, now, front=front)
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)
-        elif waiters.mode == "lifo" and now + waiters.interval < self._reaper_at:
-            self._arm_reaper(now + waiters.interval)  # the queue stands: look for waiters to shed
+        elif waiters.mode == "lifo" and waiters.next_shed() < self._reaper_at:
+            self._arm_reaper(waiters.next_shed())  # the queue stands: shed who waited too long
         self._grow()
         return waiter
 
@@ -400,8 +400,8 @@ class Pool(PoolUpkeep[C]):
         if not waiters:
             return
         at = now if budget <= len(shed) else waiters.next_due()  # a full batch: go on next turn
-        if waiters.mode == "lifo":
-            at = min(at, now + waiters.interval)
+        if waiters.mode == "lifo":  # sheds grouped a few ms apart, not one timer per waiter
+            at = min(at, max(waiters.next_shed(), now + 0.005))
         self._arm_reaper(at)
 
     def _timed_out(self, limit: float) -> PoolTimeout:

@@ -11,8 +11,11 @@ Queue control follows CoDel (RFC 8289: judge the queue by the time spent in it, 
 and Facebook's adaptive LIFO ("Fail at Scale", 2015): when the oldest waiter has been older than
 ``target`` for a whole ``interval``, the queue is standing - more waiting adds latency, not
 throughput - so the newest waiter is served first (its client is still there) and the oldest are
-shed when they can no longer be served in time or when room is needed. As soon as the queue drains
-(empty, or its oldest waiter is younger than ``target`` again) it is first come, first served again.
+shed: once queued for longer than ``interval``, when their deadline comes before the queue could
+drain, or when room is needed at the bound. As soon as the queue drains (empty, or its oldest waiter
+younger than ``target`` again) it is first come, first served again. A burst that keeps the queue
+standing for longer than ``interval`` is overload by this definition: batch-like services that
+would rather wait raise ``queue_interval`` or turn adaptive control off.
 
 Nothing here reads a clock: every method takes ``now``, so the controller is tested on a fake one.
 """
@@ -144,14 +147,14 @@ class WaitQueue(deque[Waiter[T]]):
         return out
 
     def shed(self, now: float, rate: float, budget: int = BATCH) -> list[Waiter[T]]:
-        """While the queue stands (LIFO), the oldest waiters that cannot be served before their
-        deadline even if nobody else came: all the others are served first, at ``rate`` a second."""
+        """While the queue stands (LIFO), the oldest waiters that will not be served: those queued
+        for longer than ``interval`` (newer callers keep coming first: CoDel's sojourn limit), and
+        those whose deadline comes before the queue could drain at ``rate`` a second."""
         out: list[Waiter[T]] = []
-        if self.mode != "lifo" or rate <= 0.0:
-            return out
-        while self and len(out) < budget:
+        while self and self.mode == "lifo" and len(out) < budget:
             oldest = self[0]
-            if oldest.deadline - now >= self.live / rate:
+            if (now - (oldest.deadline - oldest.limit) <= self.interval
+                    and (rate <= 0.0 or oldest.deadline - now >= self.live / rate)):
                 break
             self.popleft()
             oldest.queued = False
@@ -203,6 +206,13 @@ class WaitQueue(deque[Waiter[T]]):
         while heap and not heap[0].queued:
             heappop(heap)
         return heap[0].deadline if heap else float("inf")
+
+    def next_shed(self) -> float:
+        """When the oldest waiter passes the sojourn limit while the queue stands (else inf)."""
+        if self.mode != "lifo" or not self:
+            return float("inf")
+        oldest = self[0]
+        return oldest.deadline - oldest.limit + self.interval
 
     def drain_rate(self, now: float) -> float:
         """Waiters served per second, measured while callers queued (0.0 before any measure)."""

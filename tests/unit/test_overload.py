@@ -4,6 +4,7 @@ shedding, and tens of thousands of waiters timing out or leaving without stallin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import tracemalloc
@@ -25,7 +26,7 @@ async def make_pool() -> AsyncIterator[MakePool]:
     pools: list[Pool[Any]] = []
 
     def make(**settings: Any) -> Pool[Any]:
-        settings.setdefault("drain_timeout", 1.0)
+        settings.setdefault("drain_timeout", 0.5)
         pool = fake_pool("db", FakeConnector(), **settings)
         pools.append(pool)
         return pool
@@ -36,17 +37,22 @@ async def make_pool() -> AsyncIterator[MakePool]:
 
 
 class LoopLag:
-    """Samples the event loop every millisecond; ``worst`` is the longest it was kept from running."""
+    """Samples the event loop every millisecond. ``worst`` is the most CPU time the loop's thread
+    spent between two samples (work that kept the loop from running anything else); ``worst_wall``
+    the longest wall-clock gap, which also counts time the process was not scheduled at all (on a
+    shared 2-core machine, tens of milliseconds that are no fault of the code under test)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.worst_wall = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         while True:
-            before = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
-            self.worst = max(self.worst, time.perf_counter() - before - 0.001)
+            self.worst = max(self.worst, time.thread_time() - cpu)
+            self.worst_wall = max(self.worst_wall, time.perf_counter() - wall - 0.001)
 
     def __enter__(self) -> LoopLag:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -131,22 +137,26 @@ async def test_retry_after_comes_from_the_measured_drain_rate(make_pool: MakePoo
 
 
 async def test_standing_queue_serves_newest_first_then_fifo_again(make_pool: MakePool) -> None:
-    """Once the queue has stood above target for an interval the newest waiter is served first;
-    after it drains, arrival order again."""
-    pool = make_pool(min_size=1, max_size=1, acquire_timeout=5, queue_target=0.001, queue_interval=0.02)
+    """Once the queue has stood above target for an interval the newest waiter is served first and
+    those queued longer than the interval are shed; after it drains, arrival order again."""
+    pool = make_pool(min_size=1, max_size=1, acquire_timeout=5, queue_target=0.001, queue_interval=0.2)
     await pool.open()
     held = await pool.acquire()
-    old = await queue_up(pool, 3)
-    await asyncio.sleep(0.05)  # the oldest has waited 50 ms: above target for more than the interval
-    new = await queue_up(pool, 1)
+    (stale,) = await queue_up(pool, 1)
+    await asyncio.sleep(0.1)
+    middle = await queue_up(pool, 2)
+    await asyncio.sleep(0.11)
+    (newest,) = await queue_up(pool, 1)  # the queue has stood for 210 ms: LIFO
     assert pool.stats().queue_mode == "lifo"
+    with pytest.raises(PoolOverloaded, match="shed after waiting"):
+        await stale  # 210 ms in the queue, longer than the interval
     await pool.release(held)
-    first = await asyncio.wait_for(new[0], 1)
-    assert all(not t.done() for t in old)
-    await pool.release(first)
-    for task in reversed(old):  # newest first
-        await pool.release(await task)
+    await pool.release(await asyncio.wait_for(newest, 1))  # newest first
+    assert not middle[0].done()
+    await pool.release(await middle[1])
+    await pool.release(await middle[0])
     assert pool.stats().queue_mode == "fifo"
+    assert pool.stats().shed["overload"] == 1
     # drained: first come, first served again
     held = await pool.acquire()
     order: list[int] = []
@@ -167,33 +177,35 @@ async def test_standing_queue_serves_newest_first_then_fifo_again(make_pool: Mak
 async def test_full_standing_queue_sheds_the_oldest_for_a_newcomer(make_pool: MakePool) -> None:
     """At the bound while the queue stands, the oldest waiter gets PoolOverloaded, not the newcomer."""
     pool = make_pool(min_size=1, max_size=1, max_waiting=2, acquire_timeout=5, queue_target=0.001,
-                     queue_interval=0.01)
+                     queue_interval=0.2)
     await pool.open()
     held = await pool.acquire()
-    oldest, second = await queue_up(pool, 2)
-    await asyncio.sleep(0.03)
-    newcomer = asyncio.create_task(pool._acquire(None))
+    (oldest,) = await queue_up(pool, 1)
+    await asyncio.sleep(0.1)
+    (second,) = await queue_up(pool, 1)
+    await asyncio.sleep(0.11)
+    newcomer = asyncio.create_task(pool._acquire(None))  # full, and the queue stood 210 ms
     with pytest.raises(PoolOverloaded, match="shed after waiting"):
         await oldest
-    assert pool.stats().shed["overload"] == 1
+    assert pool.stats().shed == {"full": 0, "overload": 1, "timeout": 0}
     await pool.release(held)
     await pool.release(await newcomer)
     await pool.release(await second)
 
 
-async def test_standing_queue_sheds_waiters_that_cannot_be_served_in_time(make_pool: MakePool) -> None:
-    """While the queue stands, a waiter whose deadline comes before the queue ahead could drain is
-    refused early with PoolOverloaded instead of timing out at its deadline."""
+async def test_standing_queue_sheds_stale_waiters_early(make_pool: MakePool) -> None:
+    """Under sustained overload a waiter that the newer ones keep overtaking is refused with
+    PoolOverloaded soon after the interval, not left to time out at its deadline."""
     pool = make_pool(min_size=1, max_size=1, max_waiting=0, acquire_timeout=30, queue_target=0.001,
-                     queue_interval=0.01)
+                     queue_interval=0.05)
     await pool.open()
     held = await pool.acquire()
     start = time.monotonic()
-    doomed = asyncio.create_task(pool._acquire(0.6))
+    doomed = asyncio.create_task(pool._acquire(None))
     ended: list[float] = []
     doomed.add_done_callback(lambda _: ended.append(time.monotonic() - start))
-    others = await queue_up(pool, 30)
-    for _ in range(6):  # 20 served a second, newest first: the 30 ahead of the doomed one need 1.5 s
+    others = await queue_up(pool, 5)
+    for _ in range(6):  # one served every 50 ms, newest first, while new callers keep coming
         await asyncio.sleep(0.05)
         await pool.release(held)
         held = await others.pop()
@@ -201,11 +213,11 @@ async def test_standing_queue_sheds_waiters_that_cannot_be_served_in_time(make_p
         await asyncio.sleep(0)
     with pytest.raises(PoolOverloaded, match="shed after waiting"):
         await doomed
-    assert ended[0] < 0.3  # refused well before its 0.6 s deadline
-    assert pool.stats().shed["overload"] == 1
+    assert ended[0] < 0.3  # shed shortly after its 50 ms in a standing queue, not at 30 s
     await pool.release(held)
-    for task in reversed(others):
-        await pool.release(await task)
+    for task in others:
+        with contextlib.suppress(PoolOverloaded):
+            await pool.release(await task)
 
 
 async def test_adaptive_off_keeps_fifo_under_a_standing_queue(make_pool: MakePool) -> None:
@@ -231,7 +243,7 @@ async def test_fifty_thousand_waiters_time_out_together_without_stalling_the_loo
         make_pool: MakePool) -> None:
     """50,000 acquires expiring at the same instant are failed a batch per loop turn: no single
     stall of the event loop over 50 ms, and every caller gets its PoolTimeout."""
-    pool = make_pool(min_size=1, max_size=1, max_waiting=0, acquire_timeout=30)
+    pool = make_pool(min_size=1, max_size=1, max_waiting=0, acquire_timeout=30, adaptive_queue=False)
     await pool.open()
     held = await pool.acquire()
     n = 50_000
@@ -249,7 +261,7 @@ async def test_fifty_thousand_waiters_time_out_together_without_stalling_the_loo
     assert all(isinstance(r, PoolTimeout) for r in results)
     assert pool.stats().waiting == 0
     assert pool.stats().shed["timeout"] == n
-    assert lag.worst < 0.05, f"the loop stalled {lag.worst * 1000:.1f} ms"
+    assert lag.worst < 0.05, f"the loop stalled {lag.worst * 1000:.1f} ms (wall {lag.worst_wall * 1000:.1f})"
     await pool.release(held)
 
 
@@ -259,9 +271,10 @@ async def test_cancelling_a_waiter_costs_the_same_at_50000_as_at_100(make_pool: 
     it costs in a queue of 300 (it used to be a scan of the queue each)."""
 
     async def cost(queued: int) -> float:
-        pool = make_pool(min_size=1, max_size=1, max_waiting=0, acquire_timeout=60)
+        pool = make_pool(min_size=1, max_size=1, max_waiting=0, acquire_timeout=60,
+                         adaptive_queue=False)
         await pool.open()
-        held = await pool.acquire()
+        held = await pool.acquire()  # kept: a dropped handle is recovered and served to a waiter
         tasks = await queue_up(pool, queued)
         victims = tasks[queued // 2 - 100: queued // 2 + 100]
         start = time.perf_counter()
@@ -270,8 +283,8 @@ async def test_cancelling_a_waiter_costs_the_same_at_50000_as_at_100(make_pool: 
         await asyncio.gather(*victims, return_exceptions=True)
         spent = time.perf_counter() - start
         assert pool.stats().waiting == queued - 200
-        await pool.release(held)
-        await pool.close()
+        assert held is not None
+        await pool.close()  # the held connection is abandoned at once: drain_timeout is 0
         await asyncio.gather(*tasks, return_exceptions=True)
         return spent
 

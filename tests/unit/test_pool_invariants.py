@@ -44,14 +44,16 @@ class Watch:
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             pending = [w.fut for w in pool._waiters if not w.fut.done()] if name == "_put_back" else []
+            lifo = pool._waiters.mode == "lifo"
             result = original(*args, **kwargs)
+            lifo = lifo or pool._waiters.mode == "lifo"  # a standing queue serves the newest first
             if name in ("_lend", "_lend_nowait") and result is not None:
                 self._lent(result)
             if pending:
                 granted = [f for f in pending if f.done() and not f.cancelled() and f.exception() is None]
                 if granted:
                     self.handoffs += 1
-                    if granted != [pending[0]]:
+                    if granted != [pending[0]] and not (lifo and granted == [pending[-1]]):
                         self.violations.append("a returned connection skipped the oldest waiter")
             self.check(name)
             return result

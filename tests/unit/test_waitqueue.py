@@ -103,21 +103,39 @@ async def test_non_adaptive_queue_never_leaves_fifo() -> None:
     assert mode(q) == "fifo"
 
 
-async def test_shed_drops_the_oldest_that_cannot_be_served_in_time() -> None:
-    """In LIFO, the oldest waiters whose deadline comes before the queue could drain are shed."""
+async def test_shed_drops_waiters_older_than_the_interval() -> None:
+    """In LIFO, waiters queued for longer than the interval are shed, oldest first; younger stay."""
     q = queue()
-    old = [waiter(0.0, limit=1.0) for _ in range(3)]  # deadline 1.0
+    old = [waiter(0.0) for _ in range(3)]
     for w in old:
         q.push(w, 0.0)
-    fresh = [waiter(0.5) for _ in range(5)]
+    fresh = [waiter(0.15) for _ in range(2)]
     for w in fresh:
-        q.push(w, 0.5)
+        q.push(w, 0.15)
     assert mode(q) == "lifo"
-    assert q.shed(0.9, rate=100.0) == []  # 8 waiters drain in 80 ms: the old ones still make it
-    assert q.shed(0.95, rate=10.0) == old  # at 10/s they need 0.8 s but have 0.05 s
-    assert q.live == 5
+    assert q.next_shed() == 0.1
+    assert q.shed(0.15, rate=0.0) == old
+    assert q.live == 2
     assert q.shed_counts["overload"] == 3
-    assert q.shed(0.95, rate=10.0) == []  # the fresh ones have time
+    assert q.shed(0.2, rate=0.0) == []  # 50 ms old: under the interval
+
+
+async def test_shed_drops_the_oldest_that_cannot_be_served_in_time() -> None:
+    """In LIFO, a waiter whose deadline comes before the queue ahead could drain is shed early."""
+    q = queue(interval=1.0)
+    first = waiter(0.0)
+    q.push(first, 0.0)
+    short = waiter(1.01, limit=0.3)  # deadline 1.31
+    q.push(short, 1.01)
+    rest = [waiter(1.01) for _ in range(4)]
+    for w in rest:
+        q.push(w, 1.01)
+    assert mode(q) == "lifo"
+    assert q.shed(1.02, rate=100.0) == [first]  # 5 left drain in 50 ms: the short one makes it
+    q.push(waiter(1.02), 1.02)
+    assert q.shed(1.02, rate=10.0) == [short]  # at 10/s, 6 need 0.6 s but it has 0.29 s
+    assert q.live == 5
+    assert q.shed(1.02, rate=10.0) == []  # the others have time
 
 
 async def test_shed_does_nothing_in_fifo_mode() -> None:

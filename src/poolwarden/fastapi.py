@@ -7,7 +7,6 @@ after the response is sent. No ``BaseHTTPMiddleware`` anywhere: it breaks cancel
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import math
@@ -21,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, params
 from fastapi.responses import JSONResponse, Response
 
 from poolwarden._requires import require_fastapi
+from poolwarden.bounded import Expired, bounded
 from poolwarden.errors import (
     BackendDown,
     BackendLost,
@@ -140,37 +140,23 @@ def _route(request: Request) -> str:
 
 
 async def _bounded(pool: Resource[Any], conn: Any, step: Awaitable[object], what: str) -> None:
-    """Run a BEGIN, COMMIT or ROLLBACK for at most ``reset_timeout``; past it, or when the request
-    is cancelled meanwhile, terminate the connection (its state is unknown) and do not wait for the
-    driver, which may hold a cancelled query for seconds (psycopg sends a cancel request first)."""
-    task = asyncio.ensure_future(step)
+    """Run a BEGIN, COMMIT or ROLLBACK for at most ``reset_timeout``; past it (or when the request is
+    cancelled meanwhile) the connection is terminated, its state being unknown."""
     limit = pool.config.reset_timeout
     try:
-        done, _ = await asyncio.wait((task,), timeout=limit)
-    except BaseException:
-        _abandon(pool, conn, task)
-        raise
-    if not done:
-        _abandon(pool, conn, task)
+        await bounded(step, limit, lambda: _terminate(pool, conn), what)
+    except Expired as exc:
+        unknown = ", and whether it committed is unknown" if what == "COMMIT" else ""
         raise BackendLost(
             f"{pool.name}: {what} got no answer within reset_timeout={limit}s; the connection was "
-            f"terminated and discarded{', and whether it committed is unknown' if what == 'COMMIT' else ''}",
-            resource=pool.name, retry_after=1.0) from TimeoutError(f"{what} timed out")
-    task.result()
+            f"terminated and discarded{unknown}", resource=pool.name, retry_after=1.0) from exc
 
 
-def _abandon(pool: Resource[Any], conn: Any, task: asyncio.Future[object]) -> None:
-    task.cancel()
-    task.add_done_callback(_retrieve)
+def _terminate(pool: Resource[Any], conn: Any) -> None:
     try:
         pool.connector.terminate(unwrap(conn))
     except LeaseEnded:
         pass  # the drain ended the lease and closed the connection already
-
-
-def _retrieve(task: asyncio.Future[object]) -> None:
-    if not task.cancelled():
-        task.exception()  # read, so asyncio does not log "exception was never retrieved"
 
 
 def problem_response(exc: Unavailable | PoolClosed) -> JSONResponse:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from poolwarden.bounded import bounded
 from poolwarden.config import PoolConfig
 from poolwarden.errors import PoolClosed, PoolOverloaded, PoolTimeout, PoolwardenError, Unavailable
 from poolwarden.handle import Handle
@@ -616,13 +617,10 @@ class Pool(PoolUpkeep[C]):
             self._discard(rec, "cancelled")
             return
         try:
-            async with asyncio.timeout(self.config.reset_timeout):
-                if cancelled:
-                    await self._resync(rec.conn)
-                if self._full_reset:
-                    await connector.reset(rec.conn)
-                elif connector.in_transaction(rec.conn):
-                    await connector.rollback(rec.conn)
+            # bounded() terminates the connection at the bound instead of waiting on the driver's
+            # own cancellation (psycopg's adds seconds on a stalled network)
+            await bounded(self._restore(rec.conn, cancelled), self.config.reset_timeout,
+                          lambda: connector.terminate(rec.conn), "the reset")
         except Exception as exc:
             if connector.is_disconnect(exc):
                 self._invalid_before = _monotonic()
@@ -633,6 +631,15 @@ class Pool(PoolUpkeep[C]):
             self._discard(rec, "reset_failed")
             raise
         self._free(rec, _monotonic())
+
+    async def _restore(self, conn: C, cancelled: bool) -> None:
+        connector = self.connector
+        if cancelled:
+            await self._resync(conn)
+        if self._full_reset:
+            await connector.reset(conn)
+        elif connector.in_transaction(conn):
+            await connector.rollback(conn)
 
     async def _resync(self, conn: C) -> None:
         """After a cancel: a ping waits until the protocol is in sync again (aiosqlite's statement

@@ -267,7 +267,7 @@ async def test_black_holed_commit_or_rollback_fails_within_reset_timeout(
 
     async with running(app) as client:
         start = time.monotonic()
-        response = await client.post("/write", params={"fail": step == "ROLLBACK"})
+        response = await asyncio.wait_for(client.post("/write", params={"fail": step == "ROLLBACK"}), 10)
         took = time.monotonic() - start
         assert_problem(response, "backend-lost", url)
         assert 0.9 < took < 2.5, took
@@ -303,7 +303,7 @@ async def test_shutdown_with_a_black_holed_commit_ends_within_drain_timeout(
         pending = await started(client.post("/write"), committing)
         await asyncio.sleep(0.2)
         start = time.monotonic()
-        await lifespan.shutdown()
+        await asyncio.wait_for(lifespan.shutdown(), 10)
         assert time.monotonic() - start < 2.5
         response = await asyncio.wait_for(pending, 5)
         assert response.status_code == 503
@@ -362,3 +362,24 @@ async def test_backend_lost_problem_names_only_the_resource(postgres_url: str) -
         response = await client.get("/die")
         assert_problem(response, "backend-lost", postgres_url)
         assert "backend-lost" in response.json()["type"]
+
+
+@pytest.mark.slow
+@drivers("asyncpg", "psycopg", "mysql")
+async def test_black_holed_rollback_at_release_is_bounded_by_reset_timeout(db: Db, proxy: FaultProxy) -> None:
+    """A lease that ends inside a transaction while the network swallows everything: its release
+    (the pool's rollback) returns within reset_timeout, and the connection is discarded."""
+    pool = Warden().pool("db", proxy.url_for(db.url), min_size=1, max_size=1, reset_timeout=1,
+                         check_after_idle=None, drain_timeout=1)
+    async with pool:
+        conn = await pool.acquire()
+        await db.execute(conn, "BEGIN")
+        await db.insert(conn, 1)
+        proxy.blackhole()
+        start = time.monotonic()
+        await asyncio.wait_for(pool.release(conn), 10)
+        assert time.monotonic() - start < 1.8
+        assert pool.stats().discarded == {"reset_failed": 1}
+        await proxy.cut()
+        proxy.blackhole(False)
+    assert await db.count() == 0

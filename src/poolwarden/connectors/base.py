@@ -54,11 +54,15 @@ class Connector(Protocol[C]):
         ...
 
     def in_transaction(self, conn: C) -> bool:
-        """True when a transaction is open or failed on this connection (no I/O)."""
+        """True when the default reset has work to do (no I/O): a transaction open or failed, or
+        state a lease switched that the pool promises the next one (autocommit, asyncpg callbacks).
+
+        Called on every release: it must stay a few attribute reads.
+        """
         ...
 
     async def rollback(self, conn: C) -> None:
-        """Roll back the open transaction."""
+        """The default reset: roll back an open transaction and undo what ``in_transaction`` saw."""
         ...
 
     async def reset(self, conn: C) -> None:

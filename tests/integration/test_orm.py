@@ -325,3 +325,20 @@ async def test_the_orm_session_fixture(sqlite_orm: AsyncSQLAlchemy, poolwarden_o
     session.add(Note(id=1, body="x"))
     await session.commit()
     assert (await session.scalar(select(Note.body))) == "x"
+
+
+async def test_the_orm_resource_is_a_pool_in_readyz_and_stats(tmp_path: Any) -> None:
+    """The resource shows in /readyz and /poolwarden/stats like any pool, its leases counted."""
+    warden = Warden()
+    orm = warden.sqlalchemy("db", f"sqlite+aiosqlite:///{tmp_path}/ready.db")
+    app = FastAPI()
+    warden.install(app, metrics=False, stats=True)
+    transport = httpx.ASGITransport(app=app)
+    async with warden, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        async with orm.session_scope() as s:
+            await s.execute(text("SELECT 1"))
+            stats = (await client.get("/poolwarden/stats")).json()
+        ready = await client.get("/readyz")
+    assert stats["db"]["in_use"] == 1, stats
+    assert ready.status_code == 200
+    assert any(key.startswith("db:") for key in ready.json()["checks"]), ready.json()

@@ -61,13 +61,18 @@ async def _settled(orm: AsyncSQLAlchemy, admin: asyncpg.Connection, app: str) ->
 @pytest.mark.slow
 async def test_cancellation_storm_through_async_session(
         postgres_url: str, pg_admin: asyncpg.Connection) -> None:
-    """Sessions cancelled mid-query and timed out around: zero leases, server count == pool size,
-    none idle in transaction, and the pool still serves."""
+    """Sessions and engine connections cancelled mid-query and timed out around: zero leases, server
+    count == pool size, none idle in transaction, and the pool still serves."""
     app = f"pw-orm-storm-{uuid.uuid4().hex[:8]}"
     orm = _orm(postgres_url, app, min_size=10, max_size=10)
     rng = random.Random(7)
 
     async def request(i: int) -> None:
+        if i % 3 == 0:  # the engine used directly: SQLAlchemy takes and ends the lease itself
+            async with orm.engine.begin() as conn:
+                await conn.execute(text("SELECT pg_sleep(:t)"), {"t": rng.uniform(0.0, 0.03)})
+                await conn.execute(text("SELECT pg_sleep(:t)"), {"t": rng.uniform(0.0, 0.03)})
+            return
         async with orm.session_scope(transaction=bool(i % 2)) as s:
             await s.execute(text("SELECT pg_sleep(:t)"), {"t": rng.uniform(0.0, 0.03)})
             if i % 2:

@@ -67,6 +67,7 @@ class Lifecycle:
         self._breaker = CircuitBreaker(settings.failure_threshold, settings.probe_interval)
         self._closing: asyncio.Future[list[LeaseInfo]] | None = None
         self._probe: asyncio.Task[None] | None = None
+        self._probe_wake: asyncio.Event | None = None  # set when a refused caller hurries the probe
         self._settled = asyncio.Event()  # set on the first success, and by close(): wakes open()
         self._last_error: str | None = None
         self._connect_errors = 0
@@ -112,6 +113,7 @@ class Lifecycle:
             self._breaker = CircuitBreaker(self._settings.failure_threshold, self._settings.probe_interval)
             self._settled = asyncio.Event()
             self._probe = None
+            self._probe_wake = None
         self._closing = None
         if wait is None:
             wait = self._settings.startup == "wait"
@@ -212,10 +214,16 @@ class Lifecycle:
     async def _probe_loop(self) -> None:
         """While the circuit is open: one probe every probe_interval until one closes it."""
         breaker = self._breaker
+        wake = self._probe_wake = asyncio.Event()
         while self._state == OPEN and breaker.is_open:
             now = _monotonic()
             if not breaker.begin_probe(now):
-                await asyncio.sleep(max(0.0, breaker.next_probe - now))
+                wake.clear()
+                try:
+                    async with asyncio.timeout(max(0.0, breaker.next_probe - now)):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
                 continue
             await self._probe_once()
 
@@ -223,9 +231,12 @@ class Lifecycle:
 
     def _down_error(self, *, count: bool = True) -> BackendDown:
         """The refusal while the circuit is open; ``retry_after`` is when the next probe ends."""
+        now = _monotonic()
         if count:
             self._refused["backend_down"] += 1
-        retry = self._breaker.retry_after(_monotonic())
+            if self._breaker.hurry(now) and self._probe_wake is not None:
+                self._probe_wake.set()
+        retry = self._breaker.retry_after(now)
         return BackendDown(
             f"{self.name}: backend down after {self._breaker.failures} failed {self._probe_noun}; "
             f"next probe in {retry:.2f}s; last error: {self._last_error}",

@@ -74,7 +74,7 @@ def test_breaker_opens_at_the_threshold_and_schedules_a_probe_one_interval_away(
     assert breaker.is_open
     assert 100.0 + 0.225 <= breaker.next_probe <= 100.0 + 0.275
     assert breaker.retry_after(100.0) == pytest.approx(breaker.next_probe - 100.0)
-    assert breaker.retry_after(breaker.next_probe + 5) == 0.0
+    assert breaker.retry_after(breaker.next_probe + 5) == 0.05  # due: about one round trip away
 
 
 @pytest.mark.usefixtures("seeded")
@@ -104,6 +104,22 @@ def test_half_open_admits_one_probe_and_refuses_early_ones() -> None:
     assert breaker.retry_after(breaker.next_probe) == 0.25  # honest: about one interval
     assert breaker.record_success() is True
     assert breaker.state == "closed"
+
+
+def test_refused_callers_hurry_the_next_probe_to_a_fifth_of_the_interval() -> None:
+    """A refused caller brings the next probe forward, to no sooner than probe_interval / 5 after
+    the last one started: recovery follows demand, the probe rate stays bounded."""
+    breaker = CircuitBreaker(1, 0.25)
+    breaker.record_failure(0.0)
+    assert breaker.begin_probe(breaker.next_probe)
+    started = breaker.last_probe
+    breaker.record_failure(started + 0.01)  # the probe failed fast: next one ~0.25 s later
+    assert breaker.hurry(started + 0.02) is True
+    assert breaker.next_probe == pytest.approx(started + 0.05)
+    assert breaker.hurry(started + 0.03) is False  # already as soon as allowed
+    assert breaker.hurry(started + 0.2) is False
+    assert breaker.begin_probe(started + 0.05)
+    assert breaker.hurry(started + 0.06) is False  # one in flight: nothing to hurry
 
 
 def test_testing_switch_makes_probes_due_at_once() -> None:

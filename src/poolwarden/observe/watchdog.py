@@ -5,10 +5,11 @@ stalls every request of the process. The watchdog has two halves:
 
 * on the loop, a heartbeat timer every ``interval`` seconds notes when it ran and how late (the
   loop's *lag*, kept in a histogram with the conventions' buckets and as a maximum since the last read);
-* a daemon thread wakes every ``interval`` and, when the heartbeat is older than ``threshold``, reads the
-  loop thread's current frame (``sys._current_frames()``): the stack of the code holding the loop at
-  that moment. It logs ``loop.blocked`` once per stall at WARNING, with the route being served (found
-  in the ASGI ``scope`` of the frames on that stack) and the stack, and counts the stall.
+* a daemon thread wakes every ``interval`` and, when the next heartbeat is late by more than
+  ``threshold``, reads the loop thread's current frame (``sys._current_frames()``): the stack of the
+  code holding the loop at that moment. It logs ``loop.blocked`` once per stall at WARNING, with the
+  route being served (found in the ASGI ``scope`` of the frames on that stack) and the stack, and
+  counts the stall.
 
 Cost: one timer callback per ``interval`` on the loop and a thread that wakes as often and takes the
 GIL for a few microseconds; nothing on the pools' hot path. The benchmark measures it against the
@@ -60,8 +61,9 @@ class Stall:
 class Watchdog:
     """Measure the event loop's lag; log the route and the stack of the code that blocks it.
 
-    ``threshold`` (seconds) is how long the loop may be held before it is reported; ``interval``
-    (default ``threshold / 2``, at most 0.5 s) how often the heartbeat runs and the thread looks.
+    ``threshold`` (seconds) is how long the loop may be held before it is reported (a stall is seen
+    between ``threshold`` and ``threshold + interval`` after it began); ``interval`` (default
+    ``threshold``, at most 0.5 s) is how often the heartbeat runs and the thread looks.
     Raises ConfigError (a ValueError) for a threshold or interval that is not positive.
     """
 
@@ -69,7 +71,7 @@ class Watchdog:
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold > 0:
             raise ConfigError(f"watchdog threshold must be a positive number of seconds (got {threshold!r})")
         self.threshold = float(threshold)
-        self.interval = min(threshold / 2, 0.5) if interval is None else interval
+        self.interval = min(float(threshold), 0.5) if interval is None else interval
         if not self.interval > 0:
             raise ConfigError(f"watchdog interval must be positive (got {interval!r})")
         self.stalls = 0
@@ -147,7 +149,8 @@ class Watchdog:
         reported_beat = -1.0
         while not self._stop.wait(self.interval):
             beat = self._beat_at
-            blocked = time.monotonic() - beat
+            # how late the next heartbeat is: the loop has run nothing since at least then
+            blocked = time.monotonic() - self._due
             if blocked < self.threshold or beat == reported_beat:
                 continue
             frame = sys._current_frames().get(self._loop_thread)
@@ -164,7 +167,7 @@ class Watchdog:
             self.last_stall = stall
             route = f" serving {stall.route}" if stall.route else ""
             emit("loop.blocked", LOOP,
-                 f"the event loop has been blocked for {blocked:.3f}s{route}; the code holding it:\n"
+                 f"the event loop has been blocked for at least {blocked:.3f}s{route}; the code holding it:\n"
                  f"{stall.stack}", blocked=blocked, route=stall.route)
 
 

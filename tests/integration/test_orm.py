@@ -342,3 +342,36 @@ async def test_the_orm_resource_is_a_pool_in_readyz_and_stats(tmp_path: Any) -> 
     assert stats["db"]["in_use"] == 1, stats
     assert ready.status_code == 200
     assert any(key.startswith("db:") for key in ready.json()["checks"]), ready.json()
+
+
+async def test_an_apps_own_sync_engine_is_handed_over(tmp_path: Any) -> None:
+    """A sync create_engine handed over: its Engine, events kept, lends from poolwarden in threads."""
+    from sqlalchemy import create_engine, event
+
+    engine = create_engine(f"sqlite:///{tmp_path}/own_sync.db")
+    connects: list[object] = []
+    event.listen(engine, "connect", lambda dbapi_conn, record: connects.append(dbapi_conn))
+    warden = Warden()
+    orm = warden.sqlalchemy("db", engine=engine, max_size=2)
+    assert isinstance(orm, SyncSQLAlchemy)
+    async with warden:
+        for _ in range(3):
+            async with orm.session_scope() as s:
+                assert (await asyncio.to_thread(s.scalar, text("SELECT 4"))) == 4
+    assert len(connects) == 1  # the app's own listener, run once for the one pooled connection
+
+
+def test_declaration_errors_are_config_errors(tmp_path: Any) -> None:
+    """A bad declaration fails at once with a ConfigError naming the problem."""
+    from poolwarden import ConfigError
+
+    warden = Warden()
+    with pytest.raises(ConfigError, match="autocommit=True cannot be set under SQLAlchemy"):
+        warden.sqlalchemy("a", "postgresql+psycopg://app@db/app", options={"autocommit": True})
+    with pytest.raises(ConfigError, match="url or engine, not both"):
+        warden.sqlalchemy("b", "sqlite:///x.db", engine=create_async_engine("sqlite+aiosqlite:///x.db"))
+    with pytest.raises(ConfigError, match="no sync driver"):
+        warden.sqlalchemy("c", "sqlite+aiosqlite:///x.db", sync=True)
+    with pytest.raises(ConfigError, match="a transaction released after the response"):
+        warden.sqlalchemy("d", f"sqlite:///{tmp_path}/d.db").session_depends(release="response",
+                                                                          transaction=True)

@@ -10,13 +10,15 @@ Slow: each test stops a real server for a few seconds. The server is a private o
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import asyncpg
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from poolwarden import BackendDown, Warden
@@ -247,3 +249,92 @@ async def test_mariadb_restart_under_load_fails_fast_then_recovers(mariadb_serve
         assert stats.in_use == 0
         assert stats.circuit == "closed"
         assert stats.timeouts == 0, "an acquire waited its full acquire_timeout"
+
+
+@pytest.mark.postgres
+async def test_postgres_outage_recovers_within_half_a_second_beside_asyncpg_glue(
+    postgres_server: _Server,
+) -> None:
+    """The issue 8 outage, in one run: the same endpoint on poolwarden and on hand-written
+    ``asyncpg.create_pool`` glue, the same load, one private server stopped for a few seconds.
+    poolwarden serves again within 0.5 s of the server accepting connections, answers every failure
+    with a fast 503 problem+json, and serves at least as many 2xx as the glue."""
+    url = postgres_server.private.url
+    warden = Warden()
+    db = warden.pool("db", url, min_size=4, max_size=4)
+    ours = FastAPI()
+    warden.install(ours, metrics=False)
+
+    @ours.get("/q")
+    async def q(conn: Annotated[Any, db.connection]) -> dict[str, int]:
+        return {"v": await conn.fetchval("SELECT 1")}
+
+    glue_pool: list[asyncpg.Pool] = []
+
+    @asynccontextmanager
+    async def glue_lifespan(app: FastAPI) -> AsyncIterator[None]:
+        glue_pool.append(await asyncpg.create_pool(url, min_size=4, max_size=4))
+        yield
+        await glue_pool[0].close()
+
+    glue = FastAPI(lifespan=glue_lifespan)
+
+    async def glue_connection() -> AsyncIterator[Any]:
+        async with glue_pool[0].acquire() as conn:
+            yield conn
+
+    @glue.get("/q")
+    async def gq(conn: Annotated[asyncpg.Connection, Depends(glue_connection)]) -> dict[str, int]:
+        return {"v": await conn.fetchval("SELECT 1")}
+
+    def caller(client: httpx.AsyncClient, problems: list[str]) -> Callable[[], Awaitable[str]]:
+        async def call() -> str:
+            resp = await client.get("/q")
+            if resp.status_code == 200:
+                return "ok"
+            if resp.headers.get("content-type") == "application/problem+json":
+                problems.append(resp.json()["type"])
+                return f"{resp.status_code} problem"
+            return f"{resp.status_code}"
+        return call
+
+    async with warden, glue_lifespan(glue), \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=ours, raise_app_exceptions=False),
+                              base_url="http://t") as ours_client, \
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=glue, raise_app_exceptions=False),
+                              base_url="http://t") as glue_client:
+        problems: list[str] = []
+        ours_load = _Load(caller(ours_client, problems))
+        glue_load = _Load(caller(glue_client, []))
+        ours_load.start(workers=8)
+        glue_load.start(workers=8)
+        await asyncio.sleep(0.5)
+        await postgres_server.stop()
+        down = _monotonic()
+        await asyncio.sleep(3.0)
+        watch = asyncio.create_task(postgres_server.wait_accepting())
+        await postgres_server.start()
+        back = await watch
+        first_ok = await ours_load.until_ok_after(down, timeout=10)
+        await asyncio.sleep(1.0)
+        await ours_load.stop()
+        await glue_load.stop()
+
+    def count_ok(load: _Load) -> int:
+        return len([s for s in load.samples if s.outcome == "ok"])
+
+    failures = [s for s in ours_load.samples if s.outcome != "ok" and s.started >= down]
+    figures = {
+        "poolwarden_2xx": count_ok(ours_load), "glue_2xx": count_ok(glue_load),
+        "poolwarden_first_2xx_after_accepting_s": first_ok.ended - back,
+        "poolwarden_failures": len(failures),
+        "poolwarden_slowest_failure_ms": 1000 * max((s.seconds for s in failures), default=0.0),
+        "poolwarden_outcomes": sorted({s.outcome for s in ours_load.samples}),
+        "glue_outcomes": sorted({s.outcome for s in glue_load.samples}),
+    }
+    print(f"\noutage beside the glue: {figures}")
+    assert first_ok.ended - back < 0.5, figures
+    assert {s.outcome for s in failures} == {"503 problem"}, figures
+    assert set(problems) <= {"urn:poolwarden:problem:backend-down", "urn:poolwarden:problem:backend-lost"}
+    assert max(s.seconds for s in failures) < 1.0, figures
+    assert count_ok(ours_load) >= count_ok(glue_load), figures

@@ -254,10 +254,16 @@ class DSN:
         """The URL as given, credentials included: prefer :meth:`url` and the credential attributes."""
         return self._url
 
-    def url(self, *, scheme: str | None = None) -> str:
-        """The URL without user name and password, its query re-encoded (``scheme`` replaces the
-        scheme, e.g. without ``+driver``)."""
-        return self._build(scheme or self._scheme_text, userinfo="")
+    def url(self, *, scheme: str | None = None, credentials: bool = False) -> str:
+        """The URL without user name and password (with them percent-encoded if ``credentials``, for
+        a library that only takes a URL), its query re-encoded; ``scheme`` replaces the scheme."""
+        userinfo = ""
+        if credentials and (self.username is not None or self.password is not None):
+            userinfo = quote(self.username or "", safe="")
+            if self.password is not None:
+                userinfo += ":" + quote(self.password, safe="")
+            userinfo += "@"
+        return self._build(scheme or self._scheme_text, userinfo=userinfo)
 
     @property
     def _scheme_text(self) -> str:

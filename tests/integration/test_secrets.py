@@ -370,6 +370,21 @@ async def client_flow(seen: Seen, password: str, place: str, target: str, ok: bo
     return result
 
 
+async def orm_flow(seen: Seen, password: str, place: str, target: str,
+                   logs: Callable[[], list[str]]) -> None:
+    """warden.sqlalchemy(): the engine's URL and the pool under it both get the credentials right."""
+    from sqlalchemy import text
+
+    warden = Warden(environ={})
+    db = warden.sqlalchemy("db", target, min_size=1, max_size=2)
+    async with warden, db.session_scope() as session:
+        assert (await session.execute(text("SELECT current_user"))).scalar() == ROLE
+        for shown in (repr(db), repr(db.dsn), repr(db.connector), repr(session.bind), repr(db.stats())):
+            seen.add(password, f"{place} repr", shown)
+    for line in logs():
+        seen.add(password, f"{place} log", line)
+
+
 async def _nothing(client: Any) -> None:
     return None
 
@@ -402,6 +417,8 @@ async def test_postgres_canary_sweep(scram_pg: PrivatePostgres, logs: Callable[[
                 targets += [good, bad]
             if form == "query":
                 continue
+            await orm_flow(seen, password, f"orm {form}", url("postgresql", ROLE, password, hostport,
+                                                                "/postgres", form), logs)
             engine = url("postgresql+asyncpg", ROLE, password, hostport, "/postgres", form)
 
             async def current_user(e: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -57,8 +58,16 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
                  session_options: Mapping[str, Any]) -> None:
         super().__init__(name, connector, config, dsn)
         old = sync_engine.pool
-        self.bridge = WardenPool(self, is_async=self.is_async, dialect=sync_engine.dialect,
-                                 dispatch=old.dispatch, echo=old.echo, logging_name=old._orig_logging_name)
+        dialect = sync_engine.dialect
+        cargs, cparams = dialect.create_connect_args(sync_engine.url)
+        if config.pgbouncer and dialect.driver == "asyncpg":
+            # SQLAlchemy's asyncpg wrapper prepares named statements of its own: behind PgBouncer in
+            # transaction mode they must not outlive their transaction nor collide between clients
+            cparams.setdefault("prepared_statement_cache_size", 0)
+            cparams.setdefault("prepared_statement_name_func", _unique_statement_name)
+        self.bridge = WardenPool(self, is_async=self.is_async, dialect=dialect, dispatch=old.dispatch,
+                                 connect_args=(cargs, cparams), echo=old.echo,
+                                 logging_name=old._orig_logging_name)
         sync_engine.pool = self.bridge
         old.dispose()  # never connected: declaring does no I/O
         if sync_engine.dialect.name == "sqlite":
@@ -314,6 +323,10 @@ def _invalidate_orphan(task: asyncio.Future[Connection]) -> None:
         conn.close()
 
 
+def _unique_statement_name() -> str:
+    return f"__pw_{uuid.uuid4().hex}__"
+
+
 _FAILED = "poolwarden.statement_failed"
 
 
@@ -385,7 +398,8 @@ def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: Asyn
                               "runs its own transactions (use execution_options(isolation_level="
                               "'AUTOCOMMIT') for autocommit work)")
         config = dataclasses.replace(config, options={**config.options, "autocommit": False})
-    sa_url = dsn.url(scheme=f"{dsn.scheme}+{driver}") if dsn.driver is None else url
+    # credentials percent-encoded, whatever they hold: SQLAlchemy's URL parser and the pool's DSN agree
+    sa_url = dsn.url(scheme=f"{dsn.scheme}+{driver}", credentials=True)
     pool_dsn = DSN(sa_url.replace("+pysqlite", "", 1).replace("+pymysql", "", 1)) if sync else DSN(sa_url)
     connector = (sync_connector_for if sync else connector_for)(pool_dsn, config)
     if session_class is None:

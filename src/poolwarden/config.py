@@ -131,13 +131,16 @@ def secret_values(options: Mapping[str, Any]) -> tuple[str, ...]:
         elif isinstance(value, tuple | list):
             for item in value:
                 collect(item, secret)
-        elif secret:
-            password = getattr(value, "_password", None) or getattr(value, "password", None)
-            if isinstance(password, str | bytes):  # httpx.BasicAuth and friends
-                collect(password, True)
+        elif secret:  # an object under a secret name (httpx.BasicAuth keeps its encoded header)
+            for item in getattr(value, "__dict__", {}).values():
+                collect(item, True)
+            for name in ("password", "_password", "token", "_auth_header"):
+                item = getattr(value, name, None)
+                if isinstance(item, str | bytes):
+                    collect(item, True)
 
     collect(options, False)
-    return tuple(found)
+    return tuple(dict.fromkeys(found))
 
 
 # -- URLs ----------------------------------------------------------------------------------------
@@ -453,6 +456,16 @@ def build(cls: type[Any], resource: str, what: str, settings: Mapping[str, Any],
 
 def env_var(resource: str, setting: str) -> str:
     return f"POOLWARDEN_{env_name(resource)}_{setting.upper()}"
+
+
+def env_url(resource: str, environ: Mapping[str, str] | None) -> str | None:
+    """``POOLWARDEN_<RESOURCE>_URL``, or None when unset; an empty one is a ConfigError naming it."""
+    env = os.environ if environ is None else environ
+    var = env_var(resource, "url")
+    url = env.get(var)
+    if url is not None and not url.strip():
+        raise ConfigError(f"{var} is empty: unset it, or give the resource's URL (got {var}={url!r})")
+    return url
 
 
 #: Suffixes of ``POOLWARDEN_<RESOURCE>_*`` that something other than the settings reads.

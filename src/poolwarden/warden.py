@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from poolwarden.clients import Client, ClientConfig, driver_for
 from poolwarden.clients.base import ClientDriver
-from poolwarden.config import DSN, PoolConfig, Secrets, check_resource_name, env_name
+from poolwarden.config import DSN, PoolConfig, Secrets, check_resource_name, env_name, env_url
 from poolwarden.connectors import connector_for
 from poolwarden.connectors.base import Connector
 from poolwarden.errors import ConfigError
@@ -178,7 +178,7 @@ class Warden:
             raise ConfigError(f"resource {name!r} is declared twice")
         config = PoolConfig.from_settings(name, settings, self._environ)
         if url is None:
-            url = self._environ.get(f"POOLWARDEN_{env_name(name)}_URL")
+            url = env_url(name, self._environ)
         dsn: DSN | None = None
         if connector is None:
             if url is None:
@@ -239,7 +239,7 @@ class Warden:
             raise ConfigError(f"resource {name!r} is declared twice")
         config = ClientConfig.from_settings(name, settings, self._environ)
         if url is None:
-            url = self._environ.get(f"POOLWARDEN_{env_name(name)}_URL")
+            url = env_url(name, self._environ)
         dsn = None if url is None else DSN(url)
         if factory is None:
             if dsn is None:

@@ -187,7 +187,7 @@ def test_dsn_without_password_is_unchanged() -> None:
 @pytest.mark.parametrize("url", ["postgres//app:pw-xyz@host/db", "postgresql:/app:pw-xyz@host/db", 42])
 def test_malformed_url_error_does_not_show_the_password(url: Any) -> None:
     """A URL refused as malformed is quoted in the error with its password hidden."""
-    with pytest.raises(ConfigError, match="url must (look like|be a string)") as info:
+    with pytest.raises(ConfigError, match=r"url must (look like|be a string)") as info:
         DSN(url)
     assert "pw-xyz" not in str(info.value)
 
@@ -364,3 +364,24 @@ def test_settings_typed_dicts_match_the_configs() -> None:
         assert set(keys) == {f.name for f in dataclasses.fields(config)}, f"{settings.__name__} out of step"
         for key, kind in keys.items():
             assert kind == fields[key], key
+
+
+def test_empty_url_variable_is_an_error_naming_it() -> None:
+    """POOLWARDEN_DB_URL='' is refused naming the variable, for pools, clients and ORM resources."""
+    from poolwarden import Warden
+
+    for declare in (lambda w: w.pool("db"), lambda w: w.client("db"), lambda w: w.sqlalchemy("db")):
+        with pytest.raises(ConfigError, match=r"POOLWARDEN_DB_URL is empty"):
+            declare(Warden(environ={"POOLWARDEN_DB_URL": " "}))
+
+
+def test_credentials_in_driver_objects_are_secrets() -> None:
+    """An httpx.BasicAuth under options={'auth': ...} is a secret: its encoded header is scrubbed."""
+    import base64
+
+    import httpx
+
+    cfg = PoolConfig(options={"auth": httpx.BasicAuth("u", "pw-long-enough")})
+    header = "Basic " + base64.b64encode(b"u:pw-long-enough").decode()
+    assert cfg.secrets == (header,)
+    assert Secrets(cfg.secrets).scrub(f"sent {header}") == "(text withheld: it may contain a secret)"

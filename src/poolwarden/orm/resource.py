@@ -371,7 +371,7 @@ def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: Asyn
     session_options: Mapping[str, Any] | None = options.pop("session_options", None)
     engine_options: Mapping[str, Any] | None = options.pop("engine_options", None)
     settings = options
-    from poolwarden.config import check_resource_name, env_name
+    from poolwarden.config import check_resource_name, env_name, env_url
 
     check_resource_name(name)
     if name in warden._declared:
@@ -384,7 +384,7 @@ def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: Asyn
         sync = isinstance(engine, Engine)
         url = engine.url.render_as_string(hide_password=False)
     if url is None:
-        url = warden._environ.get(f"POOLWARDEN_{env_name(name)}_URL")
+        url = env_url(name, warden._environ)
         if url is None:
             raise ConfigError(f"resource {name!r} needs a url (or POOLWARDEN_{env_name(name)}_URL)")
     dsn = DSN(url)

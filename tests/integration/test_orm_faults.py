@@ -22,6 +22,8 @@ pytestmark = pytest.mark.postgres
 def _orm(postgres_url: str, app: str, **settings: Any) -> AsyncSQLAlchemy:
     url = postgres_url.replace("postgresql://", "postgresql+asyncpg://", 1)
     settings["options"] = {"server_settings": {"application_name": app}}
+    # first come, first served: these tests are about dead and cancelled connections, not shedding
+    settings.setdefault("adaptive_queue", False)
     return Warden().sqlalchemy("db", url, **settings)
 
 
@@ -178,3 +180,20 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
         assert len([r for r in results if r[0] > killed_at]) > 50
         assert orm.stats().discarded.get("disconnect") == killed
         await _until(lambda: _settled(orm, pg_admin, app), 5, "pool size == server connections")
+
+
+async def test_sessions_behind_pgbouncer_in_transaction_mode(pgbouncer_url: str) -> None:
+    """pgbouncer=True: SQLAlchemy's asyncpg wrapper prepares no statement that outlives its
+    transaction, so concurrent sessions through PgBouncer's transaction mode never collide."""
+    url = pgbouncer_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    orm = Warden().sqlalchemy("db", url, max_size=8, pgbouncer=True, adaptive_queue=False)
+
+    async def work(i: int) -> None:
+        for _ in range(10):
+            async with orm.session_scope(transaction=True) as s:
+                assert (await s.scalar(text("SELECT CAST(:i AS int)"), {"i": i})) == i
+                assert (await s.scalar(text("SELECT CAST(:i AS int) + 1"), {"i": i})) == i + 1
+
+    async with asyncio.timeout(60), orm:
+        await asyncio.gather(*(work(i) for i in range(20)))
+        assert orm.leases() == []

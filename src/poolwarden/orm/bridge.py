@@ -20,7 +20,7 @@ lent, when, and what happens to it afterwards. The mapping, from SQLAlchemy's po
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, cast
@@ -74,12 +74,18 @@ class WardenPool(Pool):
     """The SQLAlchemy pool of an engine built by ``warden.sqlalchemy(...)`` (see the module docs)."""
 
     def __init__(self, resource: Resource[Any], *, is_async: bool, dialect: Any, dispatch: Any,
+                 connect_args: tuple[Sequence[Any], Mapping[str, Any]] = ((), {}),
                  echo: Any = None, logging_name: str | None = None) -> None:
         super().__init__(cast(Any, self._create_dbapi_connection), reset_on_return=None, pre_ping=False,
                          dialect=dialect, _dispatch=dispatch, echo=echo,
                          logging_name=logging_name or resource.name)
         self.resource = resource
         self._async = is_async
+        # the dialect's wrapper options (asyncpg's prepared_statement_cache_size...): the driver
+        # connection itself comes from poolwarden, which ignores the rest
+        self._connect_args = connect_args
+        # after a full reset (DISCARD ALL, COM_RESET_CONNECTION) the wrapper's caches are stale
+        self._forget_always = resource.config.reset == "full"
         self._pending: Any = None
         self._records: dict[int, tuple[Any, ConnectionPoolEntry]] = {}
         self._leases: dict[ConnectionPoolEntry, Lease] = {}
@@ -144,10 +150,11 @@ class WardenPool(Pool):
         if not self._async:
             return raw  # a sync driver's connection is the DBAPI connection
 
-        async def lent() -> Any:
+        async def lent(*args: Any, **kwargs: Any) -> Any:
             return raw
 
-        return self._dialect.connect(async_creator_fn=lent)  # type: ignore[union-attr]
+        cargs, cparams = self._connect_args
+        return self._dialect.connect(*cargs, **{**cparams, "async_creator_fn": lent})  # type: ignore[union-attr]
 
     def _prune(self) -> None:
         """Forget wrappers of connections poolwarden has closed (found on each new wrapper: rare)."""
@@ -170,7 +177,8 @@ class WardenPool(Pool):
         raw = lease.raw
         # A wrapper SQLAlchemy dropped, or a transaction it left open (poolwarden rolls it back under
         # the wrapper's feet), means the wrapper no longer matches the connection: make a new one.
-        if record.dbapi_connection is None or lease.error is not None or self._safe_in_tx(raw):
+        if (record.dbapi_connection is None or lease.error is not None or self._forget_always
+                or self._safe_in_tx(raw)):
             self._forget(raw)
         if lease.owned:
             self._end(lease, lease.release_error())

@@ -33,6 +33,7 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "postgres": ("postgres", (), ("postgres",)),
     "psycopg": ("psycopg", (), ("postgres",)),
     "mysql": ("mysql", (), ("mysql",)),
+    "pymysql": ("pymysql", (), ("mysql",)),
     "sqlite": ("sqlite", (), ()),
     "redis": ("redis", (), ("redis",)),
     "http": ("http", (), ()),

@@ -109,3 +109,13 @@ def test_unconfigured_logging_prints_nothing() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_every_extra_has_an_install_test() -> None:
+    """Each extra (but dev) is installed on its own and exercised by tests/packaging/test_extras.py."""
+    from tests.packaging.test_extras import CASES
+
+    extras = set(PYPROJECT["project"]["optional-dependencies"]) - {"dev"}
+    # a case names its extra first, then at most a driver extra the feature needs for a pool to watch
+    tested = {spec.split(",")[0] for spec, _, _ in CASES.values()}
+    assert extras - tested - {"demo"} == set()  # demo: test_demo_from_the_wheel

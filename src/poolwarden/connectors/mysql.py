@@ -40,6 +40,7 @@ from asyncmy import errors
 from asyncmy.cursors import Cursor
 
 from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors._mysql_codes import DISCONNECT_CODES as _DISCONNECT_CODES
 from poolwarden.connectors._shared import check_options, transaction_block
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import ConfigError
@@ -48,18 +49,6 @@ from poolwarden.handle import register_driver
 __all__ = ["MysqlConnector", "create"]
 
 _COM_RESET_CONNECTION = 0x1F  # MySQL >= 5.7.3, MariaDB >= 10.2.4
-_DISCONNECT_CODES = frozenset({
-    1053,  # ER_SERVER_SHUTDOWN
-    1152, 1158, 1159, 1160, 1161, 1184,  # aborted connection, network read/write errors
-    1927,  # ER_CONNECTION_KILLED (MariaDB)
-    2002, 2003,  # CR_CONNECTION_ERROR, CR_CONN_HOST_ERROR: cannot reach the server
-    2006,  # CR_SERVER_GONE_ERROR
-    2013,  # CR_SERVER_LOST
-    2014,  # CR_COMMANDS_OUT_OF_SYNC: the stream is desynced, the connection cannot be trusted
-    2055,  # CR_SERVER_LOST_EXTENDED
-    3169,  # ER_SESSION_WAS_KILLED (MySQL 8)
-    4031,  # ER_CLIENT_INTERACTION_TIMEOUT: closed by the server after wait_timeout (MySQL 8)
-})
 _URL_PARAMETERS = frozenset({"charset", "unix_socket", "sql_mode", "init_command", "program_name"})
 _OWN_OPTIONS = frozenset({"db"})  # deprecated alias of database
 

@@ -14,10 +14,10 @@ import pymysql
 from pymysql.constants import SERVER_STATUS
 
 from poolwarden.config import DSN, PoolConfig
+from poolwarden.connectors._mysql_codes import DISCONNECT_CODES as _DISCONNECT_CODES
 from poolwarden.connectors._shared import check_options
 from poolwarden.connectors._threads import ThreadedConnector
 from poolwarden.connectors.base import ServerInfo
-from poolwarden.connectors.mysql import _DISCONNECT_CODES
 from poolwarden.errors import ConfigError
 
 __all__ = ["SyncPymysqlConnector", "create"]

@@ -580,7 +580,7 @@ def _check_int(cfg: Any, name: str, *, minimum: int) -> None:
         raise ConfigError(f"{name} must be >= {minimum} (got {name}={value!r})")
 
 
-def _check_seconds(cfg: Any, name: str, *, optional: bool) -> None:
+def _check_seconds(cfg: Any, name: str, *, optional: bool, positive: bool = False) -> None:
     value = getattr(cfg, name)
     if value is None and optional:
         return
@@ -590,7 +590,7 @@ def _check_seconds(cfg: Any, name: str, *, optional: bool) -> None:
         finite = math.isfinite(value)
     except OverflowError:  # an int too large for a float
         finite = False
-    if not finite or value < 0 or (value == 0 and name in _POSITIVE):
+    if not finite or value < 0 or (value == 0 and (positive or name in _POSITIVE)):
         raise ConfigError(f"{name} must be a positive number of seconds (got {name}={value!r})")
     if value > MAX_SECONDS:
         raise ConfigError(f"{name} must be at most {MAX_SECONDS:.0f} seconds, a year "

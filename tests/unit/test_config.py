@@ -385,3 +385,22 @@ def test_credentials_in_driver_objects_are_secrets() -> None:
     header = "Basic " + base64.b64encode(b"u:pw-long-enough").decode()
     assert cfg.secrets == (header,)
     assert Secrets(cfg.secrets).scrub(f"sent {header}") == "(text withheld: it may contain a secret)"
+
+
+def test_client_durations_are_bounded_too() -> None:
+    """A client's health_interval beyond a year is refused like a pool's durations."""
+    from poolwarden.clients import ClientConfig
+
+    with pytest.raises(ConfigError, match=r"health_interval must be at most"):
+        ClientConfig(health_interval=1e300)
+    with pytest.raises(ConfigError, match=r"health_interval must be a positive number of seconds"):
+        ClientConfig(health_interval=0)
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://app:pw@db/app", "postgresql+asyncpg://app@db/app",
+                                 "postgresql://app@db/app", "sqlite+aiosqlite:///x.db"])
+def test_sqlalchemy_kind_takes_urls_with_an_async_dialect(url: str) -> None:
+    """kind='sqlalchemy' takes any SQLAlchemy URL whose dialect has an async variant."""
+    from poolwarden.clients import ClientConfig, driver_for
+
+    assert driver_for(DSN(url), ClientConfig(), "sqlalchemy").driver == "sqlalchemy"

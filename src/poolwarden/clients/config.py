@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from poolwarden.config import PoolConfig, Startup, build
+from poolwarden.config import PoolConfig, Startup, _check_seconds, build
 from poolwarden.errors import ConfigError
 
 __all__ = ["ClientConfig"]
@@ -39,11 +38,7 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         self._shared()  # same checks and messages as a pool's settings
-        value = self.health_interval
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value <= 0):
-            raise ConfigError(f"health_interval must be a positive number of seconds or None "
-                              f"(got health_interval={value!r})")
+        _check_seconds(self, "health_interval", optional=True, positive=True)
         path = self.health_path
         if path is not None and (not isinstance(path, str) or not path.startswith("/")):
             raise ConfigError(f"health_path must be a path starting with '/' or None "

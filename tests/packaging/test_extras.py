@@ -39,6 +39,7 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "http": ("http", (), ()),
     "sqlalchemy": ("sqlalchemy", (), ()),
     "sqlalchemy_postgres": ("sqlalchemy,postgres", (), ("postgres",)),
+    "sqlalchemy_orm": ("sqlalchemy,sqlite", (), ()),
     "fastapi": ("fastapi", (), ()),
     "fastapi_old": ("sqlite", ("fastapi==0.120.*",), ()),  # an application's own pin of an old FastAPI
     "prometheus": ("prometheus,sqlite", (), ()),

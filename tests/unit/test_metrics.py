@@ -9,7 +9,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -373,7 +373,16 @@ async def test_otel_names_units_types_attributes_and_values() -> None:
 
     assert data is not None
     metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
-    assert set(metrics) == {name for name, *_ in CONVENTIONS}
+    assert {name for name in metrics if name.startswith("db.client.")} == {name for name, *_ in CONVENTIONS}
+    outage: set[tuple[Any, ...]] = set()  # (name, label values but the resource..., value)
+    for m in metrics.values():
+        for p in cast(Any, m.data).data_points if m.name.startswith("poolwarden.") else ():
+            labels = sorted(str(v) for k, v in dict(p.attributes or {}).items() if k != "poolwarden.resource")
+            outage.add((m.name, *labels, p.value))
+    assert ("poolwarden.circuit.state", "closed", 1) in outage
+    assert ("poolwarden.circuit.state", "open", 0) in outage
+    assert ("poolwarden.acquires.refused", "timeout", 1) in outage
+    assert ("poolwarden.connect_errors", 0) in outage
     for name, kind, unit, attrs in CONVENTIONS:
         metric = metrics[name]
         assert metric.unit == unit, name

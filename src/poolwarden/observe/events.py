@@ -26,8 +26,9 @@ EVENTS: dict[str, int] = {
     "connection.discarded": logging.WARNING,
     "connection.recycled": logging.INFO,
     "ping.failed": logging.WARNING,
-    "circuit.opened": logging.ERROR,
-    "circuit.closed": logging.INFO,
+    # the same level, so a service that logs the start of an outage also logs its end
+    "circuit.opened": logging.WARNING,
+    "circuit.closed": logging.WARNING,
     "leak.suspected": logging.WARNING,
     "leak.returned": logging.WARNING,
     "leak.lost": logging.WARNING,

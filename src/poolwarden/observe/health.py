@@ -38,7 +38,7 @@ def readiness(stats: Mapping[str, PoolStats], *, draining: bool, verbose: bool =
         elif status == "warn":
             degraded = True
         conn: dict[str, Any] = {
-            "componentId": name, "componentType": "datastore", "observedValue": s.in_use,
+            "componentId": name, "componentType": "datastore", "observedValue": s.idle + s.in_use,
             "observedUnit": "connections", "status": status, "time": now,
         }
         if verbose:
@@ -68,7 +68,7 @@ def _why(s: PoolStats, draining: bool) -> str:
         return "draining"
     if s.state != "open":
         return f"pool is {s.state}"
-    if s.circuit == "open":
+    if s.circuit != "closed":
         return f"circuit open: backend unreachable, next probe in {s.retry_after:.1f}s"
     if not s.ready:
         return "not connected yet"

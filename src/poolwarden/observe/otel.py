@@ -142,6 +142,7 @@ def instrument(warden: _Source, meter_provider: MeterProvider | None = None) -> 
     meter.create_observable_up_down_counter(
         "db.client.connection.pending_requests", [each(lambda s: s.waiting)], unit="{request}",
         description="The number of current pending requests for an open connection")
+    _outage_instruments(meter, metrics, everything)
     recorder = _Recorder(
         timeouts=meter.create_counter(
             "db.client.connection.timeouts", unit="{timeout}",
@@ -155,6 +156,39 @@ def instrument(warden: _Source, meter_provider: MeterProvider | None = None) -> 
                        "The time between borrowing a connection and returning it to the pool"),
     )
     warden.add_listener(recorder)
+
+
+def _outage_instruments(meter: Any, metrics: Any, everything: Callable[[], Iterable[PoolStats]]) -> None:
+    """What makes an outage visible, for every pool and client (the same names as the Prometheus
+    exporter's, dotted): circuit state, connect errors, refusals and discards by reason."""
+
+    def circuit(options: CallbackOptions) -> list[Observation]:
+        return [metrics.Observation(1 if s.circuit == state else 0, {RESOURCE: s.resource, "state": state})
+                for s in everything() for state in ("closed", "open", "half_open")]
+
+    def connect_errors(options: CallbackOptions) -> list[Observation]:
+        return [metrics.Observation(s.connect_errors, {RESOURCE: s.resource}) for s in everything()]
+
+    def by_reason(
+        read: Callable[[PoolStats], Mapping[str, int]],
+    ) -> Callable[[CallbackOptions], list[Observation]]:
+        def callback(options: CallbackOptions) -> list[Observation]:
+            return [metrics.Observation(n, {RESOURCE: s.resource, "reason": reason})
+                    for s in everything() for reason, n in sorted(read(s).items())]
+        return callback
+
+    meter.create_observable_gauge(
+        "poolwarden.circuit.state", [circuit], unit="1",
+        description="1 for the state the resource's circuit breaker is in, 0 for the others")
+    meter.create_observable_counter(
+        "poolwarden.connect_errors", [connect_errors], unit="{error}",
+        description="Failed attempts to connect (or, for a client, to ping) the backend")
+    meter.create_observable_counter(
+        "poolwarden.acquires.refused", [by_reason(lambda s: s.refused)], unit="{request}",
+        description="Acquires that got no connection, by reason: timeout, overloaded, backend_down, closed")
+    meter.create_observable_counter(
+        "poolwarden.connections.discarded", [by_reason(lambda s: s.discarded)], unit="{connection}",
+        description="Connections closed by the pool instead of being reused, by reason")
 
 
 def _histogram(meter: Any, name: str, description: str) -> Histogram:

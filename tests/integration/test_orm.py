@@ -287,6 +287,14 @@ async def test_sqlmodel_sessions(tmp_path: Any) -> None:
             from sqlmodel import select as sm_select
             assert [h.name for h in s.exec(sm_select(Hero)).all()] == ["Deadpond"]
 
+    from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession
+
+    warden = Warden()
+    aorm = warden.sqlalchemy("db", f"sqlite+aiosqlite:///{tmp_path}/sm.db", sqlmodel=True)
+    async with warden, aorm.session_scope() as s:
+        assert isinstance(s, SQLModelAsyncSession)
+        assert [h.name for h in (await s.exec(sm_select(Hero))).all()] == ["Deadpond"]
+
 
 async def test_rollback_session_turns_commits_into_savepoints(orm: SQLAlchemyResource[Any]) -> None:
     """Inside rollback_session, commits (the test's and orm.transaction's) are SAVEPOINTs; the test's

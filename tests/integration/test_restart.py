@@ -8,6 +8,8 @@ Slow: each test stops a real server for a few seconds. The server is a private o
 """
 
 import asyncio
+import contextlib
+import logging
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -338,3 +340,56 @@ async def test_postgres_outage_recovers_within_half_a_second_beside_asyncpg_glue
     assert set(problems) <= {"urn:poolwarden:problem:backend-down", "urn:poolwarden:problem:backend-lost"}
     assert max(s.seconds for s in failures) < 1.0, figures
     assert count_ok(ours_load) >= count_ok(glue_load), figures
+
+
+def _metric(body: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition, by name and (a subset of) labels."""
+    for line in body.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+@pytest.mark.postgres
+async def test_an_outage_shows_in_metrics_and_its_end_in_the_log(
+    postgres_server: _Server, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Mid-outage /metrics shows the open circuit, the connect errors and the refused acquires by
+    reason (not an idle pool), and a WARNING-level log records both the start and the end."""
+    from poolwarden.observe.prometheus import render
+
+    warden = Warden()
+    db = warden.pool("db", postgres_server.private.url, min_size=2, max_size=2, failure_threshold=2)
+    caplog.set_level(logging.WARNING, logger="poolwarden")
+    async with warden:
+        await postgres_server.stop()
+        deadline = _monotonic() + 5
+        while db.stats().circuit == "closed":
+            assert _monotonic() < deadline, "the circuit never opened"
+            with contextlib.suppress(Exception):
+                async with db.acquire(timeout=0.2) as conn:
+                    await conn.fetchval("SELECT 1")
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            with pytest.raises(BackendDown):
+                await db.acquire()
+        body = render(warden)[0].decode()
+        assert _metric(body, "poolwarden_circuit_state", resource="db", state="closed") == 0
+        assert (_metric(body, "poolwarden_circuit_state", resource="db", state="open")
+                + _metric(body, "poolwarden_circuit_state", resource="db", state="half_open")) == 1
+        assert _metric(body, "poolwarden_connect_errors_total", resource="db") >= 2
+        assert _metric(body, "poolwarden_acquires_refused_total", resource="db", reason="backend_down") >= 5
+        assert _metric(body, "poolwarden_connections_discarded_total", resource="db") >= 1
+        await postgres_server.start()
+        deadline = _monotonic() + 5
+        while not db.ready:
+            assert _monotonic() < deadline, "the circuit never closed"
+            await asyncio.sleep(0.01)
+        body = render(warden)[0].decode()
+        assert _metric(body, "poolwarden_circuit_state", resource="db", state="closed") == 1
+    events = [r.getMessage().split(" ", 1)[0] for r in caplog.records]
+    assert "circuit.opened" in events
+    assert "circuit.closed" in events

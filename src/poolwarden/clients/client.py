@@ -78,11 +78,14 @@ class Client(Lifecycle, Generic[T]):
 
     async def _start(self) -> None:
         self._state = OPENING
+        failed: ConfigError | None = None
         try:
             client = await self.driver.open()
         except Exception as exc:
-            raise ConfigError(f"{self.name}: could not make the {self.driver.driver} client: "
-                              f"{self._describe(exc)}", resource=self.name) from None
+            failed = ConfigError(f"{self.name}: could not make the {self.driver.driver} client: "
+                                 f"{self._describe(exc)}", resource=self.name)
+        if failed is not None:
+            raise failed  # outside the except block: the driver's error (its text) is not its __context__
         if self._state != OPENING:  # closed while the driver was making it
             _close_later(self.driver, client, self.config.connect_timeout)
             raise self._closed_error("closed while opening")

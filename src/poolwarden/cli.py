@@ -163,8 +163,8 @@ async def _check_one(url: str, timeout: float, pgbouncer: bool = False) -> _Resu
             result.ok = True
     except TimeoutError:
         result.error = f"no answer within {timeout:g}s"
-    except ConfigError as exc:
-        result.error = secrets.scrub(f"ConfigError: {exc}")
+    except ConfigError as exc:  # built from the redacted URL and option names: never holds a secret
+        result.error = f"ConfigError: {exc}"
     except Exception as exc:
         # the driver's class, SQLSTATE and message, the whole message withheld if it could show a secret
         result.error = secrets.describe(exc)

@@ -164,3 +164,28 @@ def test_demo_from_the_wheel(demo_server: str) -> None:
     status, stats = _get(f"{demo_server}/poolwarden/stats")
     assert status == 200
     assert b'"db"' in stats
+
+
+def test_sdist_builds_installs_and_holds_no_environment(tmp_path: Path) -> None:
+    """The source distribution carries the source and no virtual environment, and installs."""
+    import tarfile
+
+    out = tmp_path / "dist"
+    _run(_uv(), "build", "--sdist", "--quiet", "--out-dir", out, ROOT)
+    sdist = next(out.glob("poolwarden-*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    assert not [n for n in names if n.endswith("pyvenv.cfg") or "/.venv" in n]
+    assert any(n.endswith("src/poolwarden/demo/app.py") for n in names)
+    assert any(n.endswith("/LICENSE") for n in names)
+    venv = tmp_path / "venv"
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    _run(_uv(), "venv", "--quiet", "--python", sys.executable, venv, env=env)
+    _run(_uv(), "pip", "install", "--quiet", "--python", venv / "bin" / "python",
+         f"poolwarden[sqlite] @ {sdist.as_uri()}", env=env)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(SCRIPTS / "_common.py", work)
+    shutil.copy(SCRIPTS / "sqlite.py", work / "quickstart.py")
+    result = _run(venv / "bin" / "python", "quickstart.py", cwd=work, env=_env(), timeout=90)
+    assert result.stdout.splitlines()[-1] == "ok", result

@@ -110,9 +110,13 @@ class AsyncpgConnector:
         # asyncpg records a transaction block (_top_xact) before its BEGIN is sent; a lease cancelled
         # in between leaves no server transaction but a client-side one, which would turn the next
         # borrower's transaction() into a SAVEPOINT: the release path must roll it back too.
-        # Callbacks a lease registered (listeners, loggers) must not outlive it either.
+        # Callbacks a lease registered (listeners, loggers) must not outlive it either. And a
+        # statement whose cancellation the lease swallowed may still be settling: until its
+        # ReadyForQuery arrives is_in_transaction() is stale (a BEGIN may have run), so it counts.
+        raw: Any = conn
         top = getattr(conn, "_top_xact", None)  # private: not in asyncpg-stubs
-        return bool(conn.is_in_transaction()) or top is not None or _has_callbacks(conn)
+        return (bool(conn.is_in_transaction()) or top is not None or _has_callbacks(conn)
+                or raw._protocol._is_cancelling())
 
     async def rollback(self, conn: asyncpg.Connection) -> None:
         # A transaction started with ``tr = conn.transaction(); await tr.start()`` and never
@@ -120,6 +124,9 @@ class AsyncpgConnector:
         # ``conn.transaction()`` would become a SAVEPOINT outside any transaction. asyncpg's own
         # reset clears it the same way.
         raw: Any = conn
+        if raw._protocol._is_cancelling():
+            # what asyncpg's own pool waits for at release: then the transaction status is true
+            await raw._protocol._wait_for_cancellation()
         if raw._top_xact is not None:
             raw._top_xact = None
         if conn.is_in_transaction():

@@ -109,12 +109,15 @@ class SqliteConnector:
         self._restore_pragmas: str | None = None
         self._closing: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Future[None]] = (
             weakref.WeakKeyDictionary())
+        self._flights: weakref.WeakKeyDictionary[aiosqlite.Connection, _InFlight] = (
+            weakref.WeakKeyDictionary())
 
     def __repr__(self) -> str:
         return f"<SqliteConnector {self._redacted}>"
 
     async def connect(self, timeout: float) -> aiosqlite.Connection:
         conn = aiosqlite.connect(self._database, **self._options)
+        self._flights[conn] = _track_in_flight(conn)
         try:
             async with asyncio.timeout(timeout):
                 await conn
@@ -179,6 +182,12 @@ class SqliteConnector:
         return False
 
     def in_transaction(self, conn: aiosqlite.Connection) -> bool:
+        # A statement whose cancellation the lease swallowed still runs (or waits) on the worker
+        # thread: a BEGIN there opens a transaction after the release, so it counts as open; the
+        # rollback queues behind it.
+        flight = self._flights.get(conn)
+        if flight is not None and flight.sent != flight.done:
+            return True
         try:
             return conn.in_transaction
         except (ValueError, sqlite3.ProgrammingError):  # closed: nothing is open any more
@@ -239,3 +248,35 @@ def _interrupt(conn: aiosqlite.Connection) -> None:
 def _retrieve(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()  # read, so asyncio does not log "exception was never retrieved"
+
+
+class _InFlight:
+    """Calls handed to a connection's worker thread and not finished there. Each counter is written
+    by one thread only (``sent`` by the event loop, ``done`` by the worker), so no lock is needed."""
+
+    __slots__ = ("done", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.done = 0
+
+
+def _track_in_flight(conn: aiosqlite.Connection) -> _InFlight:
+    """Count what ``conn`` runs on its thread: aiosqlite routes every call (cursors too) through
+    ``_execute``, whose caller may be cancelled while the call goes on."""
+    flight = _InFlight()
+    execute: Any = conn._execute
+
+    async def tracked(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                flight.done += 1
+
+        if conn._running and conn._connection:  # else aiosqlite refuses it before queueing
+            flight.sent += 1
+        return await execute(run)
+
+    conn._execute = tracked  # type: ignore[method-assign]
+    return flight

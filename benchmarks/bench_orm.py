@@ -243,6 +243,13 @@ async def main() -> None:
         p99 = statistics.median(r[1] for r in results)
         shed = sum(r[2] for r in results)
         print(f"{name:36} {rps:8.0f} {p99 * 1000:8.2f} {shed:6d}")
+    # the same round's runs sit next to each other in time, so their ratio cancels a noisy neighbour
+    for kind in ("async", "sync"):
+        plain, ours = rows[f"{kind}: plain SQLAlchemy pool"], rows[f"{kind}: SQLAlchemy on poolwarden"]
+        rps_ratio = statistics.median(o[0] / p[0] for o, p in zip(ours, plain, strict=True))
+        p99_ratio = statistics.median(o[1] / p[1] for o, p in zip(ours, plain, strict=True))
+        print(f"{kind}: poolwarden / plain, median of per-round ratios: req/s {rps_ratio:.2f}x, "
+              f"p99 {p99_ratio:.2f}x")
     # SQLAlchemy's per-lease work is slower than raw asyncpg's, so raw p99s differ by the cycle time;
     # the tail over the mean (1.0 for a perfectly fair queue) is what fairness changes.
     print("\nOverload: 200 tasks on 10 connections, wait for a connection")

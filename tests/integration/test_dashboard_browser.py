@@ -119,6 +119,11 @@ def test_dashboard_renders_receives_points_under_load_and_shows_an_outage(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(ARTIFACTS / "dashboard-load.png"), full_page=True)  # type: ignore[attr-defined]
 
+    pg.click("text=Block the event loop")  # type: ignore[attr-defined]
+    pg.wait_for_selector("#events li[data-event='loop.blocked']", timeout=20000)  # type: ignore[attr-defined]
+    assert "POST /demo/block" in pg.inner_text("#events li[data-event='loop.blocked']")  # type: ignore[attr-defined]
+    pg.wait_for_selector('article.resource[data-resource="event loop"] .uplot canvas')  # type: ignore[attr-defined]
+
     pg.click("text=Simulate outage")  # type: ignore[attr-defined]
     time.sleep(0.5)
     pg.click("text=Create load")  # type: ignore[attr-defined]

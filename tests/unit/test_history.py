@@ -126,3 +126,19 @@ def test_stats_show_interpolated_quantiles_next_to_the_raw_buckets() -> None:
     assert out["counts"] == [0, 10, 0, 0]
     assert out["p50"] == pytest.approx(0.003)
     assert out["p99"] == pytest.approx(0.00496)
+
+
+async def test_the_watchdog_lag_is_sampled_for_the_event_loop_card() -> None:
+    """With Warden(watchdog=...), each sample also keeps the largest loop lag and the stall count."""
+    warden = Warden(environ={}, watchdog=0.05)
+    warden.pool("db", connector=FakeConnector(), min_size=1)
+    history = History(warden)
+    async with warden:
+        history.sample()
+        await asyncio.sleep(0.15)
+        history.sample()
+    loop = history.snapshot()["loop"]
+    assert loop["threshold_ms"] == 50.0
+    assert len(loop["points"]) == 2
+    assert loop["points"][-1]["stalls"] == 0
+    assert History(_warden()[0]).snapshot()["loop"] is None

@@ -146,3 +146,28 @@ async def test_the_warden_setting_runs_the_watchdog_with_its_lifespan(
     assert warden.watchdog.stalls == 1
     stall = warden.watchdog.last_stall or Stall(0, None, "")
     assert "test_the_warden_setting_runs_the_watchdog" in stall.stack
+
+
+async def test_many_short_callbacks_are_lagging_not_blocked(caplog: pytest.LogCaptureFixture) -> None:
+    """A loop late because it runs hundreds of 1 ms callbacks is reported as lagging, without blaming
+    one stack: no single call holds it."""
+    caplog.set_level(logging.WARNING, "poolwarden")
+    dog = Watchdog(threshold=0.1)
+    dog.start()
+    try:
+        def spin() -> None:
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass
+
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(0.12)  # right after a heartbeat
+        for _ in range(400):
+            loop.call_soon(spin)
+        await asyncio.sleep(0.2)
+    finally:
+        dog.stop()
+    events = [getattr(r, "poolwarden.event", None) for r in caplog.records]
+    assert "loop.lagging" in events
+    assert "loop.blocked" not in events
+    assert dog.stalls == 0

@@ -190,7 +190,8 @@ def create_app(url: str | None = None) -> FastAPI:
     url = url or os.environ.get("NOTES_DATABASE_URL") or DEFAULT_URL
     sql = dialect_for(url)
 
-    warden = Warden()
+    # watchdog=0.1: sync code holding the event loop for more than 100 ms is logged with its route and stack
+    warden = Warden(watchdog=0.1)
     # max_idle=5: connections above min_size close after 5 s idle, so the page shows the pool shrink.
     db = warden.pool("db", url, min_size=2, max_size=10, max_idle=5.0)
 
@@ -351,6 +352,12 @@ def create_app(url: str | None = None) -> FastAPI:
         db.expire()
         return {"outage": True}
 
+    @app.post("/demo/block", include_in_schema=False)
+    async def block_the_loop() -> dict[str, bool]:
+        """The classic mistake, on purpose: a blocking call in an async route stalls every request."""
+        time.sleep(0.4)  # noqa: ASYNC251 - what the watchdog is there to find
+        return {"blocked": True}
+
     @app.post("/demo/recover", include_in_schema=False)
     async def end_outage() -> dict[str, bool]:
         outage["on"] = False
@@ -360,6 +367,7 @@ def create_app(url: str | None = None) -> FastAPI:
         dashboard.Action("Create load (40 callers, 8 s)", "/demo/load"),
         dashboard.Action("Simulate outage", "/demo/outage", danger=True),
         dashboard.Action("Recover", "/demo/recover"),
+        dashboard.Action("Block the event loop", "/demo/block", danger=True),
     ))
     app.include_router(board)
     dashboard.attach(app, board.history)  # sampled from start-up, not from the first visit

@@ -45,6 +45,7 @@ EVENTS: dict[str, int] = {
     "client.ready": logging.INFO,
     "client.closed": logging.INFO,
     "loop.blocked": logging.WARNING,
+    "loop.lagging": logging.WARNING,
 }
 
 #: A subscriber of lifecycle events: ``sink(event, resource, detail, fields)``; must be fast, never raise.

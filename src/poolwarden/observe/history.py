@@ -85,6 +85,8 @@ class History:
         self._series: dict[str, deque[Point]] = {}
         self._last: dict[str, tuple[float, PoolStats]] = {}
         self._events: deque[Event] = deque(maxlen=events)
+        self._loop: deque[tuple[float, float, int]] = deque(maxlen=points)  # (t, max lag, stalls)
+        self._threshold = 0.0
         self._seq = 0
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -126,6 +128,10 @@ class History:
             before = self._last.get(name)
             self._last[name] = (now, s)
             series.append(_point(now, s, before))
+        watchdog = getattr(self._source, "watchdog", None)
+        if watchdog is not None and watchdog.running:
+            self._loop.append((now, watchdog.max_lag(), watchdog.stalls))
+            self._threshold = float(watchdog.threshold)
 
     def record(self, event: str, resource: str, detail: str, fields: dict[str, Any]) -> None:
         """The events sink: keep the event's first line (a leak's stack stays in the log); events of
@@ -143,8 +149,9 @@ class History:
     # -- reading -------------------------------------------------------------------------------
 
     def snapshot(self, since: float = 0.0) -> dict[str, Any]:
-        """JSON-ready: ``{"interval", "now", "resources": {name: {"points": [...], ...}}, "events"}``;
-        only points and events newer than ``since`` (wall-clock seconds) are included."""
+        """JSON-ready: ``{"interval", "now", "resources": {name: {"points": [...], ...}}, "events",
+        "loop"}`` (``loop``: the watchdog's largest lag per interval and its stall count, or None without
+        a running watchdog); only points and events newer than ``since`` (wall-clock seconds)."""
         resources: dict[str, Any] = {}
         for name, series in self._series.items():
             points = [p for p in series if p.t > since]
@@ -161,7 +168,13 @@ class History:
                 "points": [_point_dict(p) for p in points],
             }
         events = [_event_dict(e) for e in self._events if e.t > since]
-        return {"interval": self.interval, "now": self._clock(), "resources": resources, "events": events}
+        loop = None
+        if self._loop:
+            loop = {"threshold_ms": round(self._threshold * 1000, 3),
+                    "points": [{"t": round(t, 3), "lag_ms": round(lag * 1000, 3), "stalls": n}
+                               for t, lag, n in self._loop if t > since]}
+        return {"interval": self.interval, "now": self._clock(), "resources": resources, "events": events,
+                "loop": loop}
 
 
 def _point(now: float, s: PoolStats, before: tuple[float, PoolStats] | None) -> Point:

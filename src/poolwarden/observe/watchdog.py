@@ -47,6 +47,7 @@ __all__ = ["LOOP", "Stall", "Watchdog"]
 #: The resource name the watchdog's events carry.
 LOOP = "event-loop"
 _STACK_LIMIT = 30
+_RECHECK = 0.005  # seconds between the two looks that tell a blocked loop from a busy one
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,26 +150,49 @@ class Watchdog:
         reported_beat = -1.0
         while not self._stop.wait(self.interval):
             beat = self._beat_at
-            # how late the next heartbeat is: the loop has run nothing since at least then
-            blocked = time.monotonic() - self._due
-            if blocked < self.threshold or beat == reported_beat:
+            # how late the next heartbeat is: the loop has run nothing of ours since at least then
+            late = time.monotonic() - self._due
+            if late < self.threshold or beat == reported_beat:
                 continue
+            first = _callback(sys._current_frames().get(self._loop_thread))
+            time.sleep(_RECHECK)
             frame = sys._current_frames().get(self._loop_thread)
             if frame is None:  # the loop's thread is gone
                 return
+            if self._beat_at != beat:
+                continue  # the heartbeat ran meanwhile: the stall is over
             reported_beat = beat
+            late = time.monotonic() - self._due
             try:
-                stall = Stall(blocked, _route(frame), _format(frame))
+                if first is None or _callback(frame) is not first:
+                    # many short callbacks, no single one holding the loop: it is overloaded, not blocked
+                    emit("loop.lagging", LOOP, f"the event loop runs {late:.3f}s late, busy with many "
+                         "callbacks (CPU-bound or overloaded, no single call holds it)", lag=late)
+                    continue
+                stall = Stall(late, _route(frame), _format(frame))
             except Exception:  # a frame changing under us must never kill the watchdog
                 continue
             finally:
-                del frame
+                del frame, first
             self.stalls += 1
             self.last_stall = stall
             route = f" serving {stall.route}" if stall.route else ""
             emit("loop.blocked", LOOP,
-                 f"the event loop has been blocked for at least {blocked:.3f}s{route}; the code holding it:\n"
-                 f"{stall.stack}", blocked=blocked, route=stall.route)
+                 f"the event loop has been blocked for at least {late:.3f}s{route}; the code holding it:\n"
+                 f"{stall.stack}", blocked=late, route=stall.route)
+
+
+def _callback(frame: FrameType | None) -> FrameType | None:
+    """The frame of the callback the loop is running (the child of asyncio's ``Handle._run``): while
+    it is the same object, one call holds the loop."""
+    child = None
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_run" and code.co_filename.endswith(("asyncio/events.py", "asyncio\\events.py")):
+            return child
+        child = frame
+        frame = frame.f_back
+    return None
 
 
 def _format(frame: FrameType) -> str:

@@ -6,7 +6,7 @@
   const css = getComputedStyle(document.documentElement);
   const color = (name) => css.getPropertyValue("--" + name).trim();
   const WINDOW = 300;           // points kept per resource in the browser
-  const state = {};             // name -> {data arrays, charts, elements}
+  const state = Object.create(null);  // name -> {data arrays, charts, elements}; no prototype: any name is safe
   let since = 0;
   let interval = 1;
   let failures = 0;
@@ -17,14 +17,18 @@
     queue: [["waiting", "queue"]],
     wait: [["wait_p50_ms", "wait50"], ["wait_p99_ms", "wait99"]],
     rate: [["acquires_per_s", "rate"]],
+    loop: [["lag_ms", "wait99"], ["threshold", "bad"]],
     errors: [["timeout", "bad"], ["overloaded", "warn"], ["backend_down", "down"], ["connect_error", "wait99"],
              ["ping_failed", "connecting"], ["discarded", "max"]],
   };
   const TITLES = { connections: "Connections (used · idle · connecting vs max)", queue: "Callers queued",
                    wait: "Wait for a connection (ms, p50 · p99)", rate: "Acquires / s",
-                   errors: "Errors & refusals per interval" };
+                   errors: "Errors & refusals per interval",
+                   loop: "Event loop lag (largest per interval) vs the watchdog's threshold" };
+  const POOL_CHARTS = ["connections", "queue", "wait", "rate", "errors"];
   const LABELS = { wait_p50_ms: "p50", wait_p99_ms: "p99", acquires_per_s: "acquires/s", waiting: "queued",
-                   connect_error: "connect error", ping_failed: "ping failed", backend_down: "backend down" };
+                   connect_error: "connect error", ping_failed: "ping failed", backend_down: "backend down",
+                   lag_ms: "lag" };
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -48,15 +52,16 @@
                      ticks: { stroke: color("line"), width: 1 }, font: "11px system-ui, sans-serif" };
     return [Object.assign({}, common, { values: (u, vals) => vals.map(clock) }),
             Object.assign({}, common, { size: 58,
-              values: (u, vals) => vals.map((v) => (kind === "wait" ? ms(v) : fmt(v, v < 10 && v % 1 ? 1 : 0))) })];
+              values: (u, vals) => vals.map((v) => (kind === "wait" || kind === "loop" ? ms(v) : fmt(v, v < 10 && v % 1 ? 1 : 0))) })];
   }
 
   function makeChart(host, kind) {
+    const timed = kind === "wait" || kind === "loop";
     const series = [{ value: (u, v) => (v == null ? "–" : clock(v)) }];
     for (const [key, c] of SERIES[kind]) {
       const s = { label: LABELS[key] || key, stroke: color(c), width: 1.6, points: { show: false },
-                  value: (u, v) => (v == null ? "–" : kind === "wait" ? ms(v) : fmt(v, kind === "rate" ? 1 : 0)) };
-      if (key === "max") { s.dash = [5, 4]; s.width = 1.2; }
+                  value: (u, v) => (v == null ? "–" : timed ? ms(v) : fmt(v, kind === "rate" ? 1 : 0)) };
+      if (key === "max" || key === "threshold") { s.dash = [5, 4]; s.width = 1.2; }
       if (key === "used" || key === "waiting") s.fill = color(c) + "33";
       if (kind === "errors") { s.paths = uPlot.paths.stepped({ align: 1 }); s.fill = color(c) + "22"; }
       series.push(s);
@@ -65,7 +70,7 @@
       width: Math.max(host.clientWidth - 4, 200), height: 150, series,
       axes: axes(kind), legend: { live: true },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, kind === "wait" ? 1 : 4) * 1.1] } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, timed ? 1 : 4) * 1.1] } },
     };
     const data = [[]];
     for (let i = 1; i < series.length; i++) data.push([]);
@@ -96,7 +101,7 @@
     document.getElementById("resources").append(card);
     const plots = {};
     const data = { t: [] };
-    for (const kind of Object.keys(SERIES)) {
+    for (const kind of POOL_CHARTS) {
       const box = el("div", "chart");
       box.dataset.chart = kind;
       if (kind === "errors") box.classList.add("wide");
@@ -147,6 +152,55 @@
     }
     r.err.hidden = !info.last_error || circuit !== "open";
     r.err.textContent = info.last_error ? "last error: " + String(info.last_error) : "";
+  }
+
+  let loopCard = null;
+
+  function renderLoop(loop) {
+    if (!loop || typeof loop !== "object") return;
+    if (!loopCard) {
+      const card = el("article", "resource");
+      card.dataset.resource = "event loop";
+      const head = el("header");
+      head.append(el("h2", "", "event loop"), el("span", "driver", "watchdog " + ms(num(loop.threshold_ms))));
+      const status = el("span", "badge");
+      head.append(status);
+      const kpis = el("div", "kpis");
+      const kpi = {};
+      for (const [key, label] of [["lag", "max lag"], ["stalls", "stalls"]]) {
+        const box = el("div", "kpi");
+        kpi[key] = el("b", "", "–");
+        box.append(kpi[key], el("span", "", label));
+        kpis.append(box);
+      }
+      head.append(kpis);
+      const charts = el("div", "charts");
+      const box = el("div", "chart wide");
+      box.dataset.chart = "loop";
+      box.append(el("h3", "", TITLES.loop));
+      const host = el("div");
+      box.append(host);
+      charts.append(box);
+      card.append(head, charts);
+      document.getElementById("resources").append(card);
+      const plot = makeChart(host, "loop");
+      plot.host = host;
+      loopCard = { status, kpi, plots: { loop: plot }, data: { t: [], lag_ms: [], threshold: [], stalls: [] } };
+      state["\u0000loop"] = loopCard;  // resized with the others
+    }
+    const d = loopCard.data;
+    for (const p of Array.isArray(loop.points) ? loop.points : []) {
+      d.t.push(num(p.t)); d.lag_ms.push(num(p.lag_ms)); d.threshold.push(num(loop.threshold_ms));
+      d.stalls.push(num(p.stalls));
+      if (d.t.length > WINDOW) for (const k of Object.keys(d)) d[k].shift();
+    }
+    loopCard.plots.loop.setData([d.t, d.lag_ms, d.threshold]);
+    const n = d.t.length - 1;
+    if (n < 0) return;
+    const recent = d.stalls[n] - d.stalls[0];
+    badge(loopCard.status, recent > 0 ? "blocked " + recent + "×" : "responsive", recent > 0 ? "bad" : "ok");
+    loopCard.kpi.lag.textContent = ms(Math.max(...d.lag_ms.slice(-10)));
+    loopCard.kpi.stalls.textContent = String(d.stalls[n]);
   }
 
   const TONE = { "circuit.opened": "bad", "circuit.closed": "ok", "connection.failed": "bad", "ping.failed": "warn",
@@ -212,6 +266,7 @@
         render(name, info);
         for (const p of info.points || []) since = Math.max(since, num(p.t));
       }
+      renderLoop(body.loop);
       addEvents(body.events || []);
       failures = 0;
       live(true, "live · " + new Date().toLocaleTimeString([], { hour12: false }));
@@ -245,6 +300,6 @@
   // for tests and curious operators: how many points each resource's charts hold
   window.poolwardenDashboard = { points: (name) => (state[name] ? state[name].data.t.length : 0),
                                  series: (name, key) => (state[name] && state[name].data[key] ? state[name].data[key].slice() : []),
-                                 resources: () => Object.keys(state) };
+                                 resources: () => Object.keys(state).filter((k) => !k.startsWith("\u0000")) };
   tick();
 })();

@@ -383,3 +383,29 @@ def test_declaration_errors_are_config_errors(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="a transaction released after the response"):
         warden.sqlalchemy("d", f"sqlite:///{tmp_path}/d.db").session_depends(release="response",
                                                                           transaction=True)
+
+
+async def test_a_failure_rolled_back_to_its_savepoint_still_commits(orm: SQLAlchemyResource[Any]) -> None:
+    """A statement that failed inside a SAVEPOINT the code rolled back leaves the transaction
+    committable: the rest of it is saved."""
+    bad = text("SELECT * FROM pw_no_such_table")
+    async with orm.session_scope(transaction=True) as s:
+        s.add(Note(id=1, body="kept"))
+        if isinstance(orm, SyncSQLAlchemy):
+            def work() -> None:
+                s.flush()
+                try:
+                    with s.begin_nested():
+                        s.execute(bad)
+                except DBAPIError:
+                    pass
+            await asyncio.to_thread(work)
+        else:
+            await s.flush()
+            try:
+                async with s.begin_nested():
+                    await s.execute(bad)
+            except DBAPIError:
+                pass
+    async with orm.session_scope() as s:
+        assert list(await _in(orm, lambda: s.scalars(select(Note.body)))) == ["kept"]

@@ -77,10 +77,9 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
         self._sync_engine = sync_engine
         if sync_engine.dialect.name == "postgresql":
             # PostgreSQL answers the COMMIT of a transaction in which a statement failed with ROLLBACK,
-            # and the drivers report that as a success: remember the failure until a rollback clears it
+            # and the drivers report that as a success: remember which transaction (or savepoint) the
+            # failure aborted. A dialect event, so statements that succeed pay nothing for it.
             event.listen(sync_engine, "handle_error", _statement_failed)
-            for name in ("rollback", "rollback_savepoint", "commit"):
-                event.listen(sync_engine, name, _failure_cleared)
         self._session_class = guarded(session_class)
         self._session_options = {"expire_on_commit": False, **session_options}
         self._session_depends: dict[tuple[Release, bool], Depends] = {}
@@ -333,17 +332,17 @@ _FAILED = "poolwarden.statement_failed"
 def _statement_failed(context: Any) -> None:
     conn = context.connection
     if conn is not None and not conn.invalidated and conn.in_transaction():
-        conn.info[_FAILED] = True
-
-
-def _failure_cleared(conn: Connection, *args: Any) -> None:
-    conn.info.pop(_FAILED, None)
+        # the innermost block: rolling back to its SAVEPOINT (or ending it) clears the failure
+        conn.info[_FAILED] = conn.get_nested_transaction() or conn.get_transaction()
 
 
 def _check_not_failed(resource: str, conn: Connection | None) -> None:
     """Refuse to COMMIT a PostgreSQL transaction that a failed statement aborted: it would roll back
     and be reported as a success."""
-    if conn is not None and not conn.closed and not conn.invalidated and conn.info.pop(_FAILED, False):
+    if conn is None or conn.closed or conn.invalidated:
+        return
+    aborted = conn.info.pop(_FAILED, None)
+    if aborted is not None and aborted.is_active:
         raise TransactionFailed(
             f"{resource}: not committed: a statement failed inside this transaction (its error was "
             "caught), so PostgreSQL would answer COMMIT with ROLLBACK; nothing in it was saved",

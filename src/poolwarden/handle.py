@@ -325,7 +325,14 @@ def _rebind(proxy: LeaseBound, result: Any, resources: tuple[type[Any], ...]) ->
     return _bind(result, proxy._lg_handle, resources)
 
 
+# methods of driver objects whose awaited result may be another one (cursor.execute() returns the
+# cursor); the other coroutine methods return rows and are handed back unwrapped, a frame cheaper
+_CHAINING = frozenset({"execute", "executemany", "executescript", "__aenter__"})
+
+
 def _object_forwarder(name: str, doc: str | None, resources: tuple[type[Any], ...]) -> Callable[..., Any]:
+    chaining = name in _CHAINING
+
     def forward(self: LeaseBound, /, *args: Any, **kwargs: Any) -> Any:
         handle = self._lg_handle
         if handle._lg_conn is None:
@@ -333,7 +340,7 @@ def _object_forwarder(name: str, doc: str | None, resources: tuple[type[Any], ..
         obj = self._lg_obj
         result = getattr(type(obj), name)(obj, *args, **kwargs)
         if type(result) is CoroutineType:
-            return _rebind_later(self, result, resources)
+            return _rebind_later(self, result, resources) if chaining else result
         if result is obj:
             return self
         return _bind(result, handle, resources) if isinstance(result, resources) else result

@@ -136,6 +136,13 @@ def _driver_of(conn_class: type[Any]) -> _Driver:
 # -- handle classes -----------------------------------------------------------------------------------
 
 
+def _named(forward: Callable[..., Any], name: str, doc: str | None, owner: str) -> Callable[..., Any]:
+    forward.__name__ = name
+    forward.__qualname__ = f"{owner}.{name}"
+    forward.__doc__ = doc
+    return forward
+
+
 def _forwarder(name: str, doc: str | None) -> Callable[..., Any]:
     def forward(self: Handle, /, *args: Any, **kwargs: Any) -> Any:
         conn = self._lg_conn
@@ -144,10 +151,7 @@ def _forwarder(name: str, doc: str | None) -> Callable[..., Any]:
         # looked up now, not when the class was built: instrumentations patch the driver's class
         return getattr(type(conn), name)(conn, *args, **kwargs)
 
-    forward.__name__ = name
-    forward.__qualname__ = f"Handle.{name}"
-    forward.__doc__ = doc
-    return forward
+    return _named(forward, name, doc, "Handle")
 
 
 def _bound_forwarder(name: str, doc: str | None, resources: tuple[type[Any], ...]) -> Callable[..., Any]:
@@ -157,10 +161,7 @@ def _bound_forwarder(name: str, doc: str | None, resources: tuple[type[Any], ...
             raise _ended(self, name)
         return _bind(getattr(type(conn), name)(conn, *args, **kwargs), self, resources)
 
-    forward.__name__ = name
-    forward.__qualname__ = f"Handle.{name}"
-    forward.__doc__ = doc
-    return forward
+    return _named(forward, name, doc, "Handle")
 
 
 def _callback_forwarder(name: str, doc: str | None, gets_conn: bool) -> Callable[..., Any]:
@@ -174,10 +175,7 @@ def _callback_forwarder(name: str, doc: str | None, gets_conn: bool) -> Callable
             args = (*args[:-1], _Callback(args[-1], self, gets_conn))
         return getattr(type(conn), name)(conn, *args, **kwargs)
 
-    forward.__name__ = name
-    forward.__qualname__ = f"Handle.{name}"
-    forward.__doc__ = doc
-    return forward
+    return _named(forward, name, doc, "Handle")
 
 
 class _Callback:
@@ -345,10 +343,7 @@ def _object_forwarder(name: str, doc: str | None, resources: tuple[type[Any], ..
             return self
         return _bind(result, handle, resources) if isinstance(result, resources) else result
 
-    forward.__name__ = name
-    forward.__qualname__ = f"LeaseBound.{name}"
-    forward.__doc__ = doc
-    return forward
+    return _named(forward, name, doc, "LeaseBound")
 
 
 async def _rebind_later(proxy: LeaseBound, coro: Any, resources: tuple[type[Any], ...]) -> Any:

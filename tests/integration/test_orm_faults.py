@@ -172,7 +172,8 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
             await asyncio.gather(*tasks)
         failures = [(started, exc) for started, exc in results if exc is not None]
         assert killed >= 1
-        assert len(failures) == killed, failures
+        # a backend whose query ended just before the kill dies idle: found at its next lend, no failure
+        assert 1 <= len(failures) <= killed, failures
         assert all(started < killed_by for started, _ in failures)
         for _, exc in failures:  # SQLAlchemy saw the disconnect (and poolwarden discarded the connection)
             assert isinstance(exc, DBAPIError), repr(exc)

@@ -106,6 +106,7 @@ class PsycopgConnector:
                 self._url, autocommit=self._autocommit, prepare_threshold=self._prepare_threshold,
                 **options,
             )
+        _close_on_cancel(conn)
         return conn
 
     async def close(self, conn: Connection) -> None:
@@ -208,3 +209,36 @@ async def _transaction(conn: Connection) -> AsyncIterator[None]:
             raise TransactionFailed(
                 "the transaction had failed (a query error inside it was caught), so it was rolled "
                 "back instead of committed")
+
+
+def _close_on_cancel(conn: Connection) -> None:
+    """Bound what a cancelled query costs the cancelled task: 1 s at most, then the connection closes.
+
+    psycopg (3.2, 3.3) answers a cancelled wait by sending a cancel request and waiting for the query
+    to end, up to 5 s each, in the cancelled task: an ``asyncio.timeout`` around a stalled query
+    fired 10 s late. Here the same protocol runs with _CANCEL_WAIT for each step: on a healthy server
+    it takes one round trip and the connection is kept; on a stalled one the connection is closed
+    (the pool then discards it, as it does asyncmy's, which closes on every cancel). Installed per
+    connection on ``wait``, the one coroutine every psycopg query goes through.
+    """
+    from psycopg import errors, pq, waiting
+
+    async def bounded(gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        try:
+            return await waiting.wait_async(gen, conn.pgconn.socket, interval=interval, timeout=timeout)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                try:
+                    await conn._try_cancel(timeout=_CANCEL_WAIT)
+                    await waiting.wait_async(gen, conn.pgconn.socket, interval=interval,
+                                             timeout=_CANCEL_WAIT)
+                except errors.QueryCanceled:
+                    pass  # cancelled on the server: the connection is in sync and kept
+                except BaseException:  # timed out, failed or interrupted again: state unknown
+                    conn.pgconn.finish()
+            raise
+
+    conn.wait = bounded  # type: ignore[method-assign]
+
+
+_CANCEL_WAIT = 0.5  # seconds for the cancel request, then as long for the query to end

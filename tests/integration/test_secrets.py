@@ -20,18 +20,15 @@ Two properties:
 # No `from __future__ import annotations`: FastAPI must resolve the endpoints' local Annotated aliases.
 import asyncio
 import base64
+import io
 import json
 import logging
-import os
 import re
 import shutil
-import subprocess
-import sys
 import traceback
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
-from pathlib import Path
+from contextlib import asynccontextmanager, redirect_stderr, redirect_stdout
 from typing import Annotated, Any
 from urllib.parse import quote, quote_plus
 
@@ -44,6 +41,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from poolwarden import BackendDown, PoolwardenError, Warden
+from poolwarden.cli import main as cli_main
 from tests.support.private_pg import PrivatePostgres, private_postgres
 from tests.support.servers import MYSQL_URL, REDIS_URL, require
 
@@ -390,11 +388,20 @@ async def _nothing(client: Any) -> None:
 
 
 def run_cli(*args: str) -> str:
-    beside = Path(sys.executable).with_name("poolwarden")
-    command = [str(beside)] if beside.exists() else [sys.executable, "-m", "poolwarden"]
-    env = {**os.environ, "COLUMNS": "240", "NO_COLOR": "1"}
-    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, env=env)
-    return done.stdout + done.stderr
+    """``poolwarden ARGS`` in this process (tests/integration/test_cli.py runs the real command): what
+    it prints on stdout and stderr, and what it logs goes through the same capture as the rest."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        cli_main(list(args))
+    return out.getvalue() + err.getvalue()
+
+
+async def cli(seen: Seen, password: str, place: str, logs: Callable[[], list[str]], *args: str) -> None:
+    """Run the command in a thread (the servers it talks to run on this loop); keep what it printed
+    and logged."""
+    seen.add(password, place, await asyncio.to_thread(run_cli, *args))
+    for line in logs():
+        seen.add(password, f"{place} log", line)
 
 
 # -- the sweeps ----------------------------------------------------------------------------------------
@@ -434,7 +441,7 @@ async def test_postgres_canary_sweep(scram_pg: PrivatePostgres, logs: Callable[[
                               url("postgresql+asyncpg", BAD_ROLE, password, hostport, "/postgres", form),
                               False, logs, kind="sqlalchemy")
         # poolwarden check, while the role still has this password
-        seen.add(password, "check", await asyncio.to_thread(run_cli, "check", "--json", *targets))
+        await cli(seen, password, "check", logs, "check", "--json", *targets)
     seen.check()
 
 
@@ -451,7 +458,7 @@ async def test_mariadb_canary_sweep(logs: Callable[[], list[str]]) -> None:
                 await pool_flow(seen, password, f"mysql {form} right", good, ROLE, logs)
                 await pool_flow(seen, password, f"mysql {form} wrong", bad, None, logs)
                 targets += [good, bad]
-            seen.add(password, "check", await asyncio.to_thread(run_cli, "check", *targets))
+            await cli(seen, password, "check", logs, "check", *targets)
     seen.check()
 
 
@@ -486,6 +493,6 @@ async def test_redis_and_http_canary_sweep(logs: Callable[[], list[str]]) -> Non
                                   url("http", BAD_ROLE, password, f"127.0.0.1:{port}", "", form), False, logs,
                                   health_path="/health")
                 # top against a service that refuses it: the error line must not carry the URL's password
-                seen.add(password, f"top {form}", await asyncio.to_thread(run_cli, "top", "--once", web))
-            seen.add(password, "check", await asyncio.to_thread(run_cli, "check", "--json", *targets))
+                await cli(seen, password, f"top {form}", logs, "top", "--once", web)
+            await cli(seen, password, "check", logs, "check", "--json", *targets)
     seen.check()

@@ -128,10 +128,14 @@ class WardenPool(Pool):
             return await_only(self.resource._acquire(None))
         return acquire_blocking(self.resource)
 
-    def _record_for(self, raw: Any) -> ConnectionPoolEntry:
+    def has_wrapper(self, raw: Any) -> bool:
+        """True when a checkout of ``raw`` reuses its wrapper: no connect events, no I/O."""
         entry = self._records.get(id(raw))
-        if entry is not None and entry[0] is raw and entry[1].dbapi_connection is not None:
-            return entry[1]
+        return entry is not None and entry[0] is raw and entry[1].dbapi_connection is not None
+
+    def _record_for(self, raw: Any) -> ConnectionPoolEntry:
+        if self.has_wrapper(raw):
+            return self._records[id(raw)][1]
         self._prune()
         self._pending = raw
         try:

@@ -74,7 +74,6 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
             # The connectors open SQLite without the driver's implicit transactions, so SQLAlchemy's
             # BEGIN is emitted here (SQLAlchemy's documented recipe); SAVEPOINTs then work too.
             event.listen(sync_engine, "begin", _sqlite_begin)
-        self._sync_engine = sync_engine
         if sync_engine.dialect.name == "postgresql":
             # PostgreSQL answers the COMMIT of a transaction in which a statement failed with ROLLBACK,
             # and the drivers report that as a success: remember which transaction (or savepoint) the
@@ -194,7 +193,7 @@ class AsyncSQLAlchemy(SQLAlchemyResource[AsyncSession]):
         self._async_session_class = async_session_class
 
     async def _orm_connect(self, handle: Any) -> AsyncConnection:
-        if self.bridge._records.get(id(unwrap(handle))) is not None:
+        if self.bridge.has_wrapper(unwrap(handle)):
             # the wrapper exists: the checkout awaits nothing, so no greenlet is needed for it
             return AsyncConnection(self.engine, self.engine.sync_engine.connect())
         conn = self.engine.connect()
@@ -257,7 +256,7 @@ class SyncSQLAlchemy(SQLAlchemyResource[Session]):
         self.engine = engine
 
     async def _orm_connect(self, handle: Any) -> Connection:
-        if self.bridge._records.get(id(unwrap(handle))) is not None:
+        if self.bridge.has_wrapper(unwrap(handle)):
             return self.engine.connect()  # the wrapper exists: checkout does no I/O
         # a new wrapper runs the dialect's connect events, which may query: in a thread
         task = asyncio.ensure_future(asyncio.to_thread(self.engine.connect))

@@ -28,8 +28,9 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 REDACTED = "***"
 #: Longest duration any setting accepts (a year): longer ones overflow timers and socket timeouts.
 MAX_SECONDS = 365 * 24 * 3600.0
-#: Secrets shorter than this are treated as found in every error text: whether a short string
-#: happens to occur in a message would tell something about it.
+#: Secrets shorter than this, or made of letters only or digits only (a word, a number), are treated
+#: as found in every error text: whether such a string happens to occur in a message would tell
+#: something about it.
 _WEAK = 8
 
 # -- secrets -------------------------------------------------------------------------------------
@@ -67,8 +68,9 @@ class Secrets:
 
     There is no partial starring: a scrubber that stars each occurrence of a password reveals a short
     one by what it starred (``Oper***tion***lError``). A text in which a secret occurs, in any
-    encoding, is withheld whole; so is every text when a secret is shorter than 8 characters, since
-    whether it occurs would itself tell something about it.
+    encoding or letter case, is withheld whole; so is every text when a secret is weak (shorter than 8
+    characters, or letters or digits only: a word or number that may occur by chance), since whether
+    it occurs would itself tell something about it.
     """
 
     values: tuple[str, ...] = field(default=(), repr=False)  # the repr must not show them
@@ -83,7 +85,7 @@ class Secrets:
         """Whether showing ``text`` could reveal something about a secret."""
         folded = text.casefold()
         for value in self.values:
-            if len(value) < _WEAK:
+            if len(value) < _WEAK or value.isalpha() or value.isdigit():
                 return True
             for form in _forms(value):
                 if form.casefold() in folded:

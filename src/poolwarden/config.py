@@ -467,6 +467,14 @@ def env_url(resource: str, environ: Mapping[str, str] | None) -> str | None:
     url = env.get(var)
     if url is not None and not url.strip():
         raise ConfigError(f"{var} is empty: unset it, or give the resource's URL (got {var}={url!r})")
+    error = None
+    if url is not None:
+        try:
+            DSN(url)
+        except ConfigError as exc:
+            error = ConfigError(f"{exc} (from the environment: {var})")
+    if error is not None:
+        raise error
     return url
 
 

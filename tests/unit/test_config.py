@@ -406,3 +406,21 @@ def test_sqlalchemy_kind_takes_urls_with_an_async_dialect(url: str) -> None:
     from poolwarden.clients import ClientConfig, driver_for
 
     assert driver_for(DSN(url), ClientConfig(), "sqlalchemy").driver == "sqlalchemy"
+
+
+def test_bad_url_from_the_environment_names_the_variable() -> None:
+    """A URL from POOLWARDEN_DB_URL that does not parse is refused naming the variable, password hidden."""
+    from poolwarden import Warden
+
+    message = r"got port='99999'.*\(from the environment: POOLWARDEN_DB_URL\)"
+    with pytest.raises(ConfigError, match=message) as info:
+        Warden(environ={"POOLWARDEN_DB_URL": "postgresql://u:pw-long-x@h:99999/db"}).pool("db")
+    assert "pw-long-x" not in str(info.value)
+
+
+def test_misspelt_scheme_names_the_closest() -> None:
+    """An unknown scheme lists the supported ones and the closest."""
+    from poolwarden.connectors import connector_for
+
+    with pytest.raises(ConfigError, match=r"unsupported URL scheme 'postgress'.*did you mean 'postgres'\?"):
+        connector_for(DSN("postgress://u@h/db"), PoolConfig())

@@ -6,6 +6,7 @@ declaration as a :class:`~poolwarden.ConfigError` naming the extra to install.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from types import ModuleType
 from typing import Any
@@ -38,8 +39,10 @@ def connector_for(dsn: DSN, config: PoolConfig) -> Connector[Any]:
     key = (dsn.scheme, dsn.driver)
     if key not in _BACKENDS:
         known = sorted({f"{s}+{d}" if d else s for s, d in _BACKENDS})
-        raise ConfigError(f"unsupported URL scheme {dsn.scheme + ('+' + dsn.driver if dsn.driver else '')!r}"
-                          f" (supported: {', '.join(known)})")
+        given = dsn.scheme + ("+" + dsn.driver if dsn.driver else "")
+        close = difflib.get_close_matches(given, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unsupported URL scheme {given!r} (supported: {', '.join(known)}){hint}")
     module_name, package, extra = _BACKENDS[key]
     module = import_backend(f"poolwarden.connectors.{module_name}", package, extra,
                             f"the {package} driver is not installed")

@@ -151,6 +151,8 @@ class PoolUpkeep(Lifecycle, Generic[C]):
             if waiter is not None:
                 self._in_use.add(rec)
                 waiter.fut.set_result(rec)
+                if self._waiters.mode == "lifo":
+                    self._standing()
                 return
         self._in_use.discard(rec)
         self._idle.append(rec)
@@ -178,6 +180,9 @@ class PoolUpkeep(Lifecycle, Generic[C]):
         want = max(self._min_size - size, self._waiters.live - self._connecting)
         for _ in range(min(want, self._max_size - size)):
             self._spawn_connect()
+
+    def _standing(self) -> None:
+        """The queue stands (adaptive LIFO): the pool makes sure its reaper will shed in time."""
 
     def _fail_waiters(self, error: PoolwardenError) -> None:
         """Fail every queued caller, a batch per loop iteration (each one wakes a task)."""
@@ -294,7 +299,12 @@ class PoolUpkeep(Lifecycle, Generic[C]):
         self._pings_failed += 1
         self._last_error = self._describe(exc)
         self._invalid_before = _monotonic()  # older connections likely share its fate: check them
-        emit("ping.failed", self.name, self._secrets.describe(exc), error=self._last_error)
+        # A disconnect here is a connection that died while idle, e.g. asyncpg's "cannot switch to
+        # state N; another operation (2) is in progress": the server's FATAL (shutdown,
+        # pg_terminate_backend) was read, its EOF not yet, so is_closed() still said open.
+        dead = self.connector.is_disconnect(exc)
+        emit("ping.failed", self.name, self._secrets.describe(exc)
+             + (" (the connection was already dead)" if dead else ""), error=self._last_error)
         self._discard(rec, "ping_failed")
 
     def _close_conn(self, conn: C, *, graceful: bool) -> None:

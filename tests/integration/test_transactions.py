@@ -24,6 +24,7 @@ from tests.integration.test_fastapi import (
     Lifespan,
     assert_all_returned,
     assert_problem,
+    cancel_on_disconnect,
     make_app,
     running,
     serving,
@@ -199,9 +200,11 @@ def test_transaction_with_release_after_the_response_is_refused_at_declaration(s
 # -- a client that leaves before the COMMIT ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", ["endpoint-runs-on", "request-cancelled"])
 @drivers("asyncpg", "psycopg", "sqlite", "mysql")
-async def test_client_that_leaves_before_the_commit_rolls_back(db: Db) -> None:
-    """A client hanging up (real socket) while its transaction endpoint runs gets a rollback: no row."""
+async def test_client_that_leaves_before_the_commit_rolls_back(db: Db, server: str) -> None:
+    """A client hanging up (real socket) while its transaction endpoint runs gets a rollback: no row,
+    whether the server lets the endpoint run on (uvicorn) or cancels the request."""
     app, _, pool = make_app(db.url, max_size=2)
     inside, hung_up = asyncio.Event(), asyncio.Event()
 
@@ -218,7 +221,7 @@ async def test_client_that_leaves_before_the_commit_rolls_back(db: Db) -> None:
         await db.insert(conn, 3)
         return {"ok": True}
 
-    async with serving(app) as port:
+    async with serving(cancel_on_disconnect(app) if server == "request-cancelled" else app) as port:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /slow HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()

@@ -358,10 +358,15 @@ class Pool(PoolUpkeep[C]):
         waiters.push(waiter, now, front=front)
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)
-        elif waiters.mode == "lifo" and waiters.next_shed() < self._reaper_at:
-            self._arm_reaper(waiters.next_shed())  # the queue stands: shed who waited too long
+        elif waiters.mode == "lifo":
+            self._standing()  # the queue stands: shed who waited too long
         self._grow()
         return waiter
+
+    def _standing(self) -> None:
+        shed_at = self._waiters.next_shed()
+        if shed_at < self._reaper_at:
+            self._arm_reaper(shed_at)
 
     def _queue_bound(self) -> int:
         """``max_waiting``, or QUEUE_PER_CONNECTION per connection when it is None; 0 is no bound."""
@@ -595,6 +600,8 @@ class Pool(PoolUpkeep[C]):
             waiter = self._waiters.take(now)
             if waiter is not None:
                 waiter.fut.set_result(rec)
+                if self._waiters.mode == "lifo":
+                    self._standing()
                 return None
         in_use.remove(rec)
         self._idle.append(rec)

@@ -9,13 +9,15 @@ and the pool's hot path keeps its single C-level test.
 
 Queue control follows CoDel (RFC 8289: judge the queue by the time spent in it, not by its length)
 and Facebook's adaptive LIFO ("Fail at Scale", 2015): when the oldest waiter has been older than
-``target`` for a whole ``interval``, the queue is standing - more waiting adds latency, not
-throughput - so the newest waiter is served first (its client is still there) and the oldest are
-shed: once queued for longer than ``interval``, when their deadline comes before the queue could
-drain, or when room is needed at the bound. As soon as the queue drains (empty, or its oldest waiter
-younger than ``target`` again) it is first come, first served again. A burst that keeps the queue
-standing for longer than ``interval`` is overload by this definition: batch-like services that
-would rather wait raise ``queue_interval`` or turn adaptive control off.
+``target`` for a whole ``interval`` while more callers arrived than were served, the queue is
+standing and growing - more waiting adds latency, not throughput - so the newest waiter is served
+first (its client is still there) and the oldest are shed: once queued for longer than
+``interval``, when their deadline comes before the queue could drain, or when room is needed at the
+bound. As soon as the queue drains (empty, or its oldest waiter younger than ``target`` again) it is
+first come, first served again. A queue that stands without growing (a closed loop of workers, each
+coming back once served) stays first come, first served. A burst that keeps the queue standing and
+growing for longer than ``interval`` is overload by this definition: batch-like services that would
+rather wait raise ``queue_interval`` or turn adaptive control off.
 
 Nothing here reads a clock: every method takes ``now``, so the controller is tested on a fake one.
 """
@@ -83,17 +85,23 @@ class WaitQueue(deque[Waiter[T]]):
         self._rate = 0.0  # served per second while callers queued (EWMA over windows)
         self._window_start = 0.0
         self._window_served = 0
+        # since good_at: callers that came and callers served. A queue that stands but does not grow
+        # (a closed loop: each caller served comes back) is left first come, first served
+        self._arrived = 0
+        self._served_since = 0
 
     # -- in and out ------------------------------------------------------------------------------
 
     def push(self, waiter: Waiter[T], now: float, *, front: bool = False) -> None:
         """Queue ``waiter``; ``front`` puts it first (a caller that keeps its place in line)."""
         if not self.live:
-            self.good_at = now
+            self._good(now)
             if now - self._window_start > 1.0:  # the queue was empty: no drain was measured
                 self._window_start, self._window_served = now, 0
         waiter.queued = True
         self.live += 1
+        if not front:  # front: an earlier caller that keeps its place, not a new one
+            self._arrived += 1
         if front:
             self.appendleft(waiter)
         else:
@@ -230,6 +238,7 @@ class WaitQueue(deque[Waiter[T]]):
         sojourn = now - (waiter.deadline - waiter.limit)
         self.sojourn.observe(sojourn if sojourn > 0.0 else 0.0)
         self._window_served += 1
+        self._served_since += 1
         elapsed = now - self._window_start
         if elapsed >= 0.5:
             sample = self._window_served / elapsed
@@ -263,18 +272,24 @@ class WaitQueue(deque[Waiter[T]]):
             self._control(now)
 
     def _drained(self, now: float) -> None:
-        self.good_at = now
+        self._good(now)
         self.mode = "fifo"
 
+    def _good(self, now: float) -> None:
+        self.good_at = now
+        self._arrived = self._served_since = 0
+
     def _control(self, now: float) -> None:
-        """CoDel's test on the oldest waiter: LIFO once it stood above target for an interval."""
+        """CoDel's test on the oldest waiter: LIFO once it stood above target for an interval while
+        more callers came than were served (demand above what the pool serves, not a closed loop)."""
         if not self.live:
             self._drained(now)
             return
         if self.oldest_sojourn(now) <= self.target:
-            self.good_at = now
+            self._good(now)
             self.mode = "fifo"
-        elif self.mode == "fifo" and now - self.good_at >= self.interval:
+        elif (self.mode == "fifo" and now - self.good_at >= self.interval
+              and self._arrived > 1.1 * self._served_since):
             self.mode = "lifo"
             self.lifo_switches += 1
 

@@ -194,28 +194,25 @@ async def test_full_standing_queue_sheds_the_oldest_for_a_newcomer(make_pool: Ma
 
 
 async def test_standing_queue_sheds_stale_waiters_early(make_pool: MakePool) -> None:
-    """Under sustained overload a waiter that the newer ones keep overtaking is refused with
-    PoolOverloaded soon after the interval, not left to time out at its deadline."""
+    """Under growing demand a waiter that newer ones overtake is refused with PoolOverloaded soon
+    after the interval, not left to time out at its deadline."""
     pool = make_pool(min_size=1, max_size=1, max_waiting=0, acquire_timeout=30, queue_target=0.001,
                      queue_interval=0.05)
     await pool.open()
     held = await pool.acquire()
     start = time.monotonic()
     doomed = asyncio.create_task(pool._acquire(None))
-    ended: list[float] = []
-    doomed.add_done_callback(lambda _: ended.append(time.monotonic() - start))
     others = await queue_up(pool, 5)
-    for _ in range(6):  # one served every 50 ms, newest first, while new callers keep coming
-        await asyncio.sleep(0.05)
-        await pool.release(held)
-        held = await others.pop()
-        others.append(asyncio.create_task(pool._acquire(None)))
-        await asyncio.sleep(0)
+    await asyncio.sleep(0.04)
+    others += await queue_up(pool, 2)  # more callers come while nobody is served: overload
+    await asyncio.sleep(0.04)
+    await pool.release(held)
+    held = await asyncio.wait_for(others[-1], 1)  # the newest first
     with pytest.raises(PoolOverloaded, match="shed after waiting"):
         await doomed
-    assert ended[0] < 0.3  # shed shortly after its 50 ms in a standing queue, not at 30 s
+    assert time.monotonic() - start < 0.3  # shed soon after its 50 ms in a growing queue, not at 30 s
     await pool.release(held)
-    for task in others:
+    for task in others[:-1]:
         with contextlib.suppress(PoolOverloaded):
             await pool.release(await task)
 
@@ -315,3 +312,42 @@ async def test_memory_per_waiter_is_small(make_pool: MakePool) -> None:
     await pool.release(held)
     await pool.close()
     await asyncio.gather(*warm, *tasks, return_exceptions=True)
+
+
+# -- visible ----------------------------------------------------------------------------------------
+
+
+async def test_overload_shows_in_stats_and_prometheus(make_pool: MakePool) -> None:
+    """Queue mode, sheds by reason and queue time reach stats() and the Prometheus exposition."""
+    import prometheus_client
+
+    from poolwarden.observe.prometheus import collector
+
+    pool = make_pool(min_size=1, max_size=1, max_waiting=1, acquire_timeout=0.05, adaptive_queue=False)
+    await pool.open()
+    held = await pool.acquire()
+    (waiter,) = await queue_up(pool, 1)
+    with pytest.raises(PoolOverloaded):
+        await pool.acquire()
+    with pytest.raises(PoolTimeout):
+        await waiter
+    await pool.release(held)
+    s = pool.stats()
+    assert (s.queue_mode, s.queue_bound) == ("fifo", 1)
+    assert dict(s.shed) == {"full": 1, "overload": 0, "timeout": 1}
+    assert s.to_dict()["queue_time"] is not None
+
+    class Source:
+        def stats(self) -> dict[str, Any]:
+            return {"db": pool.stats()}
+
+        def add_listener(self, listener: Any) -> None:
+            pass
+
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(collector(Source()))
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'poolwarden_queue_shed_total{reason="full",resource="db"} 1.0' in text
+    assert 'poolwarden_queue_shed_total{reason="timeout",resource="db"} 1.0' in text
+    assert 'poolwarden_queue_lifo{resource="db"} 0.0' in text
+    assert 'poolwarden_queue_time_seconds_count{resource="db"}' in text

@@ -250,3 +250,22 @@ async def test_sojourn_of_served_waiters_is_recorded() -> None:
     snap = q.sojourn.snapshot()
     assert snap.count == 1
     assert abs(snap.sum - 0.003) < 1e-9
+
+
+async def test_a_standing_queue_that_does_not_grow_stays_fifo() -> None:
+    """A closed loop - each caller served comes back - keeps the queue standing but never growing:
+    first come, first served, nobody shed."""
+    q = queue()
+    ws = [waiter(0.0) for _ in range(9)]
+    for w in ws:
+        q.push(w, 0.0)
+    now = 0.0
+    for _ in range(200):  # one served every 5 ms for a second, and it queues again at once
+        now += 0.005
+        served = q.take(now)
+        assert served is ws[0]
+        ws = ws[1:] + [waiter(now)]
+        q.push(ws[-1], now)
+        assert mode(q) == "fifo"
+    assert q.shed(now, rate=200.0) == []
+    assert q.lifo_switches == 0

@@ -241,7 +241,7 @@ def _operations(stats: Iterable[PoolStats], watchdog: Any) -> list[Metric]:
         for reason, n in sorted(s.discarded.items()):
             discarded.add_metric([s.resource, reason], n)
         leaks.add_metric([s.resource], events.get(s.resource, 0))
-    out: list[Metric] = [circuit, ready, connect, refused, discarded, leaks]
+    out: list[Metric] = [circuit, ready, connect, refused, discarded, leaks, *_queue(stats)]
     if watchdog is not None:
         lag = HistogramMetricFamily("poolwarden_event_loop_lag_seconds", "How late the watchdog's heartbeat "
                                     "ran on the event loop", unit="seconds")
@@ -252,6 +252,28 @@ def _operations(stats: Iterable[PoolStats], watchdog: Any) -> list[Metric]:
         blocked.add_metric([], watchdog.stalls)
         out += [lag, blocked]
     return out
+
+
+def _queue(stats: Iterable[PoolStats]) -> list[Metric]:
+    """Overload: the queue's mode, who it turned away and why, and how long the served waited."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    lifo = GaugeMetricFamily("poolwarden_queue_lifo", "1 while the queue stands and the newest caller "
+                             "is served first (adaptive LIFO), 0 first come first served",
+                             labels=[RESOURCE])
+    shed = CounterMetricFamily("poolwarden_queue_shed", "Callers turned away by the queue, by reason: full "
+                               "(refused at once), overload (shed while the queue stood), timeout",
+                               labels=[RESOURCE, "reason"])
+    sojourn = HistogramMetricFamily("poolwarden_queue_time_seconds", "Time the served callers spent "
+                                    "queued for a connection", labels=[RESOURCE], unit="seconds")
+    for s in stats:
+        if s.queue_time is None:
+            continue  # a client: no queue of ours
+        lifo.add_metric([s.resource], 1 if s.queue_mode == "lifo" else 0)
+        for reason, n in sorted(s.shed.items()):
+            shed.add_metric([s.resource, reason], n)
+        sojourn.add_metric([s.resource], _buckets(s.queue_time), s.queue_time.sum)
+    return [lifo, shed, sojourn]
 
 
 def _gauge_values(s: PoolStats) -> dict[str, int]:

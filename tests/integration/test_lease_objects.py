@@ -181,6 +181,29 @@ async def test_psycopg_cursors_end_with_the_lease(postgres_url: str, pg_table: s
         assert await _count_pg(postgres_url, pg_table) == 1
 
 
+async def test_psycopg_notify_and_notice_handlers_end_with_the_lease(postgres_url: str) -> None:
+    """Handlers added in lease 1 hear nothing of lease 2, whose session listens on no channel."""
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    channel = f"lg_{uuid.uuid4().hex[:8]}"
+    heard: list[str] = []
+    async with one(url) as db:
+        async with db.acquire() as conn:
+            conn.add_notify_handler(lambda n: heard.append(n.payload))
+            conn.add_notice_handler(lambda d: heard.append(str(d.message_primary)))
+            await conn.execute(f"LISTEN {channel}")
+            await conn.execute(f"NOTIFY {channel}, 'one'")
+            await conn.execute("DO $$ BEGIN RAISE NOTICE 'one'; END $$")
+            assert heard == ["one", "one"]
+        async with db.acquire() as conn2:
+            listening = await conn2.execute("SELECT count(*) FROM pg_listening_channels()")
+            assert await listening.fetchone() == (0,)
+            await conn2.execute(f"LISTEN {channel}")
+            await conn2.execute(f"NOTIFY {channel}, 'two'")
+            await conn2.execute("DO $$ BEGIN RAISE NOTICE 'two'; END $$")
+            await conn2.execute(f"UNLISTEN {channel}")
+        assert heard == ["one", "one"]
+
+
 async def test_psycopg_autocommit_switch_is_restored_by_the_default_reset(
         postgres_url: str, pg_table: str) -> None:
     """A lease that turns autocommit off hands the next borrower an autocommit session, whose write

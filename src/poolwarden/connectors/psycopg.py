@@ -55,7 +55,10 @@ _CONNECT_ARGS = frozenset({"autocommit", "prepare_threshold", "context", "row_fa
 
 # Cursors (conn.cursor(), the one conn.execute() returns) and transaction blocks made from a handle
 # end with its lease; psycopg_pool lends the connection itself, so no isinstance base is needed.
+# Notice and notification handlers registered through a handle fall silent when its lease ends and
+# are removed at release (the default reset), as are the LISTENs behind them.
 register_driver(psycopg.AsyncConnection, bound=("cursor", "execute", "transaction"),
+                callbacks={"add_notice_handler": False, "add_notify_handler": False},
                 resources=(psycopg.AsyncCursor, psycopg.AsyncTransaction))
 
 
@@ -132,12 +135,18 @@ class PsycopgConnector:
         raw: Any = conn
         return (conn.pgconn.transaction_status in _OPEN or raw._autocommit is not self._autocommit
                 or raw._isolation_level is not None or raw._read_only is not None
-                or raw._deferrable is not None)
+                or raw._deferrable is not None or bool(raw._notice_handlers or raw._notify_handlers))
 
     async def rollback(self, conn: Connection) -> None:
         if conn.pgconn.transaction_status != _IDLE:
             await conn.rollback()
         await self._restore_switches(conn)
+        raw: Any = conn
+        raw._notice_handlers.clear()
+        if raw._notify_handlers:
+            raw._notify_handlers.clear()
+            async with _autocommit(conn):
+                await conn.execute("UNLISTEN *")
 
     async def _restore_switches(self, conn: Connection) -> None:
         if conn.autocommit != self._autocommit:

@@ -95,7 +95,7 @@ def _metrics_used() -> set[str]:
 
 
 async def _emitted() -> set[str]:
-    warden = Warden(environ={}, watchdog=0.5)
+    warden = Warden(environ={}, watchdog=0.1)
     warden.pool("db", connector=FakeConnector(), min_size=1, max_size=1, acquire_timeout=0.01,
                 check_after_idle=None)
     warden.client("api", factory=FakeClientDriver("httpx"))

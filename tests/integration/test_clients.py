@@ -362,7 +362,8 @@ def test_a_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.redis
 async def test_prometheus_collector_reports_clients(redis_url: str, sqlite_url: str) -> None:
-    """The Prometheus collector reads clients from ``warden.stats()`` beside the pools."""
+    """The Prometheus collector reads clients from ``warden.stats()`` beside the pools, a Redis client
+    on names of its own (``redis_client_connections``), not as a database pool."""
     warden = Warden()
     warden.pool("db", sqlite_url)
     warden.client("cache", redis_url)
@@ -370,4 +371,5 @@ async def test_prometheus_collector_reports_clients(redis_url: str, sqlite_url: 
         families = {f.name: f for f in collector(warden).collect()}
     count = families["db_client_connection_count"]
     pools = {s.labels["db_client_connection_pool_name"] for s in count.samples}
-    assert pools == {"db", "cache"}
+    assert pools == {"db"}
+    assert {s.labels["resource"] for s in families["redis_client_connections"].samples} == {"cache"}

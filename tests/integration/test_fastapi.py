@@ -630,4 +630,4 @@ async def test_demo_app_crud_round_trip(database: str, request: pytest.FixtureRe
         stats = (await client.get("/poolwarden/stats")).json()["db"]
         assert stats["in_use"] == 0
         assert stats["acquired"] == stats["released"]
-        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/", follow_redirects=True)).status_code == 200  # the dashboard

@@ -502,7 +502,7 @@ async def test_operations_metrics_follow_circuit_refusals_discards_and_leaks() -
 
 async def test_the_watchdog_lag_is_exported_when_it_runs() -> None:
     """With Warden(watchdog=...), the loop's lag histogram and the stall counter are scraped."""
-    g = Warden(environ={}, watchdog=0.5)
+    g = Warden(environ={}, watchdog=0.1)
     g.pool("db", connector=FakeConnector(), min_size=1)
     async with g:
         await asyncio.sleep(0.3)
@@ -536,3 +536,16 @@ async def test_otel_reports_clients_on_their_own_names() -> None:
     redis = {(p.attributes or {})["state"]: p.value
              for p in metrics["redis.client.connections"].data.data_points}
     assert redis == {"used": 3, "idle": 2}
+
+
+async def test_health_tags_an_http_upstream_as_a_system_not_a_datastore() -> None:
+    """/readyz's componentType: datastore for a pool and for Redis, system for an HTTP upstream."""
+    from poolwarden.observe import health
+
+    g = client_warden()
+    async with g:
+        _, body = health.readiness(g.stats(), draining=False)
+    types = {key: checks[0]["componentType"] for key, checks in body["checks"].items()
+             if key.endswith(":connections")}
+    assert types == {"db:connections": "datastore", "api:connections": "system",
+                     "cache:connections": "datastore"}

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from poolwarden.observe.stats import PoolStats
+from poolwarden.observe.stats import PoolStats, kind
+
+#: the health draft's componentType: a database or Redis is a datastore, an HTTP upstream a system
+_COMPONENT = {"db": "datastore", "redis": "datastore", "http": "system"}
 
 __all__ = ["CONTENT_TYPE", "liveness", "readiness"]
 
@@ -37,8 +40,9 @@ def readiness(stats: Mapping[str, PoolStats], *, draining: bool, verbose: bool =
             failed = True
         elif status == "warn":
             degraded = True
+        component = _COMPONENT[kind(s)]
         conn: dict[str, Any] = {
-            "componentId": name, "componentType": "datastore", "observedValue": s.idle + s.in_use,
+            "componentId": name, "componentType": component, "observedValue": s.idle + s.in_use,
             "observedUnit": "connections", "status": status, "time": now,
         }
         if verbose:
@@ -52,7 +56,7 @@ def readiness(stats: Mapping[str, PoolStats], *, draining: bool, verbose: bool =
         checks[f"{name}:connections"] = [conn]
         if s.last_check_seconds is not None:
             checks[f"{name}:responseTime"] = [{
-                "componentId": name, "componentType": "datastore",
+                "componentId": name, "componentType": component,
                 "observedValue": round(s.last_check_seconds * 1000, 3), "observedUnit": "ms",
                 "status": status, "time": _ago(s.last_check_age),
             }]

@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from poolwarden.errors import ConfigError
 from poolwarden.observe.hooks import PoolListener
-from poolwarden.observe.prometheus import kind
-from poolwarden.observe.stats import BOUNDS, PoolStats
+from poolwarden.observe.stats import BOUNDS, PoolStats, kind
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Counter, Histogram, MeterProvider, Observation

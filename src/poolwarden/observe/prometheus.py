@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from poolwarden.errors import ConfigError
 from poolwarden.observe.events import count_events
 from poolwarden.observe.hooks import PoolListener
-from poolwarden.observe.stats import BOUNDS, HistogramSnapshot, PoolStats
+from poolwarden.observe.stats import BOUNDS, HistogramSnapshot, PoolStats, kind
 
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Gauge, Histogram
@@ -148,16 +148,6 @@ class PoolCollector:
 def collector(warden: _Source) -> PoolCollector:
     """The single-process collector of ``warden``'s pools; raises ConfigError without prometheus_client."""
     return PoolCollector(warden)
-
-
-def kind(s: PoolStats) -> Literal["db", "http", "redis"]:
-    """What a resource is, for naming its metrics: an HTTP or Redis client is not a database pool."""
-    if s.extra.get("kind") == "client":
-        if s.driver == "httpx":
-            return "http"
-        if s.driver == "redis":
-            return "redis"
-    return "db"  # pools, and SQLAlchemy engines (a database pool of their own)
 
 
 def _families(stats: Iterable[PoolStats], watchdog: Any = None) -> list[Metric]:

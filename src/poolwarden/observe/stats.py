@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["BOUNDS", "Histogram", "HistogramSnapshot", "PoolStats"]
+__all__ = ["BOUNDS", "Histogram", "HistogramSnapshot", "PoolStats", "kind"]
 
 #: Bucket upper bounds in seconds, as the OpenTelemetry database-client conventions advise.
 BOUNDS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
@@ -129,3 +129,13 @@ class PoolStats:
                 value = dict(value)
             out[name] = value
         return out
+
+
+def kind(s: PoolStats) -> Literal["db", "http", "redis"]:
+    """What a resource is, for naming its metrics and health: an HTTP or Redis client is no database pool."""
+    if s.extra.get("kind") == "client":
+        if s.driver == "httpx":
+            return "http"
+        if s.driver == "redis":
+            return "redis"
+    return "db"  # pools, and SQLAlchemy engines (a database pool of their own)

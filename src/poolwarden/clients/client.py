@@ -87,7 +87,7 @@ class Client(Lifecycle, Generic[T]):
         if failed is not None:
             raise failed  # outside the except block: the driver's error (its text) is not its __context__
         if self._state != OPENING:  # closed while the driver was making it
-            _close_later(self.driver, client, self.config.connect_timeout)
+            _close_later(self.driver, client, self.config.connect_timeout, None)
             raise self._closed_error("closed while opening")
         self._client = client
         self._state = OPEN
@@ -109,11 +109,13 @@ class Client(Lifecycle, Generic[T]):
 
     async def _drain(self) -> list[LeaseInfo]:
         """Stop the health check and close the driver client within ``connect_timeout``."""
-        watcher, self._watcher = self._watcher, None
-        client, self._client = self._client, None
+        watcher = self._watcher
         if watcher is not None:
             watcher.cancel()
+            # cancelled here, close() calls _abort(), which still finds the watcher and the client
             await asyncio.gather(watcher, return_exceptions=True)
+        self._watcher = None
+        client, self._client = self._client, None
         if client is None:
             return []
         try:
@@ -121,7 +123,7 @@ class Client(Lifecycle, Generic[T]):
                 await self.driver.close(client)
         except BaseException as exc:
             if not isinstance(exc, Exception):
-                _close_later(self.driver, client, self.config.connect_timeout)
+                _close_later(self.driver, client, self.config.connect_timeout, None)
                 raise
             self._last_error = self._describe(exc)
             emit("client.closed", self.name, f"close failed: {self._secrets.describe(exc)}",
@@ -136,7 +138,7 @@ class Client(Lifecycle, Generic[T]):
         if watcher is not None:
             watcher.cancel()
         if client is not None:
-            _close_later(self.driver, client, self.config.connect_timeout)
+            _close_later(self.driver, client, self.config.connect_timeout, watcher)
         emit("client.closed", self.name, "cut short")
         return []
 
@@ -310,12 +312,16 @@ class Client(Lifecycle, Generic[T]):
 _closing: set[asyncio.Task[None]] = set()  # closes that outlive their caller, kept from the GC
 
 
-def _close_later(driver: ClientDriver[Any], client: Any, timeout: float) -> None:
-    """Close ``client`` in a task of its own (bounded): for a caller that cannot wait (cancelled)."""
+def _close_later(driver: ClientDriver[Any], client: Any, timeout: float,
+                 watcher: asyncio.Task[None] | None) -> None:
+    """Close ``client`` in a task of its own (bounded): for a caller that cannot wait (cancelled).
+    The cancelled ``watcher`` ends first: a ping it had under way may still hold a connection."""
 
     async def close() -> None:
         try:
             async with asyncio.timeout(timeout):
+                if watcher is not None:
+                    await asyncio.wait([watcher])
                 await driver.close(client)
         except BaseException:  # nothing left to tell it to: the run that owned it has ended
             pass

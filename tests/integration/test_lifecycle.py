@@ -248,3 +248,74 @@ def test_a_pool_reopens_on_each_new_event_loop(private_pg: PrivatePostgres) -> N
     for _ in range(3):
         assert asyncio.run(run()) == 42
     assert asyncio.run(_server_connections(private_pg)) == 0
+
+
+# -- MariaDB (asyncmy) and SQLite (aiosqlite) ------------------------------------------------------
+
+
+@pytest.mark.mysql
+async def test_mariadb_cancelled_close_at_every_await_ends_closed_with_no_connection() -> None:
+    """The cancelled-close loop on a private MariaDB, connections counted in its process list."""
+    import asyncmy
+
+    from tests.support.private_pg import private_mariadb
+
+    with private_mariadb() as my:
+
+        async def connections() -> int:
+            admin = await asyncmy.connect(host="127.0.0.1", port=my.port, user="root")
+            try:
+                async with admin.cursor() as cur:
+                    await cur.execute("SELECT count(*) FROM information_schema.processlist "
+                                      "WHERE command <> 'Daemon' AND id <> connection_id()")
+                    row = await cur.fetchone()
+                    return int(row[0])
+            finally:
+                admin.close()
+
+        for turns in range(1, 12):
+            pool = _pool(my.url)
+            await pool.open()
+            lease = await pool.acquire()
+            closing = asyncio.create_task(pool.close())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            closing.cancel()
+            try:
+                await closing
+            except asyncio.CancelledError:
+                pass
+            assert pool.state == "closed", turns
+            with pytest.raises(LeaseEnded):
+                await lease.cursor()
+        deadline = time.monotonic() + 3
+        while (count := await connections()) != 0:
+            assert time.monotonic() < deadline, f"{count} connection(s) still open on MariaDB"
+            await asyncio.sleep(0.05)
+
+
+async def test_sqlite_cancelled_close_at_every_await_stops_every_worker_thread(tmp_path: Any) -> None:
+    """The cancelled-close loop on SQLite: every aiosqlite worker thread ends (none keeps the
+    process alive), the pool is closed."""
+    import threading
+
+    before = threading.active_count()
+    for turns in range(1, 12):
+        pool = _pool(f"sqlite:///{tmp_path / 'x.db'}")
+        await pool.open()
+        lease = await pool.acquire()
+        closing = asyncio.create_task(pool.close())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        closing.cancel()
+        try:
+            await closing
+        except asyncio.CancelledError:
+            pass
+        assert pool.state == "closed", turns
+        with pytest.raises(LeaseEnded):
+            await lease.execute("SELECT 1")
+    deadline = time.monotonic() + 3
+    while threading.active_count() > before:
+        assert time.monotonic() < deadline, "aiosqlite worker threads left running"
+        await asyncio.sleep(0.05)

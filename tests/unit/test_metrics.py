@@ -549,3 +549,24 @@ async def test_health_tags_an_http_upstream_as_a_system_not_a_datastore() -> Non
              if key.endswith(":connections")}
     assert types == {"db:connections": "datastore", "api:connections": "system",
                      "cache:connections": "datastore"}
+
+
+async def test_otel_counts_the_watchdog_stalls() -> None:
+    """With Warden(watchdog=...), OpenTelemetry gets poolwarden.event_loop.blocked, as Prometheus does."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    g = Warden(environ={}, watchdog=0.5)
+    g.pool("db", connector=FakeConnector(), min_size=1)
+    otel.instrument(g, meter_provider=provider)
+    try:
+        async with g:
+            data = reader.get_metrics_data()
+    finally:
+        provider.shutdown()
+    assert data is not None
+    points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "poolwarden.event_loop.blocked" for p in m.data.data_points]
+    assert [p.value for p in points] == [0]

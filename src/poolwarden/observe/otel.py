@@ -142,6 +142,7 @@ def instrument(warden: _Source, meter_provider: MeterProvider | None = None) -> 
         "db.client.connection.pending_requests", [each(lambda s: s.waiting)], unit="{request}",
         description="The number of current pending requests for an open connection")
     _outage_instruments(meter, metrics, everything)
+    _watchdog(meter, metrics, ref)
     recorder = _Recorder(
         timeouts=meter.create_counter(
             "db.client.connection.timeouts", unit="{timeout}",
@@ -188,6 +189,18 @@ def _outage_instruments(meter: Any, metrics: Any, everything: Callable[[], Itera
     meter.create_observable_counter(
         "poolwarden.connections.discarded", [by_reason(lambda s: s.discarded)], unit="{connection}",
         description="Connections closed by the pool instead of being reused, by reason")
+
+
+def _watchdog(meter: Any, metrics: Any, ref: Any) -> None:
+    """The watchdog's stalls (``Warden(watchdog=...)``), as the Prometheus exporter has them."""
+
+    def stalls(options: CallbackOptions) -> list[Observation]:
+        watchdog = getattr(ref(), "watchdog", None)
+        return [] if watchdog is None else [metrics.Observation(watchdog.stalls)]
+
+    meter.create_observable_counter(
+        "poolwarden.event_loop.blocked", [stalls], unit="{stall}",
+        description="Times the event loop was held longer than the watchdog's threshold")
 
 
 def _histogram(meter: Any, name: str, description: str) -> Histogram:

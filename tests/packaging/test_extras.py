@@ -164,6 +164,12 @@ def test_demo_from_the_wheel(demo_server: str) -> None:
     status, stats = _get(f"{demo_server}/poolwarden/stats")
     assert status == 200
     assert b'"db"' in stats
+    # the dashboard's chart library and the offline Swagger UI come inside the installed packages
+    status, chart = _get(f"{demo_server}/poolwarden/dashboard/static/uPlot.iife.min.js")
+    assert status == 200
+    assert b"uPlot" in chart
+    status, _ = _get(f"{demo_server}/static-offline-docs/swagger-ui-bundle.js")
+    assert status == 200
 
 
 def test_sdist_builds_installs_and_holds_no_environment(tmp_path: Path) -> None:

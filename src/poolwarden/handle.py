@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from collections.abc import Callable, Collection, Generator, Mapping
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any
@@ -32,8 +33,9 @@ __all__ = ["Handle", "LeaseBound", "handle_class_for", "register_driver", "unwra
 class Handle:
     """A connection on lease. Use it like the driver's connection; it stops working at release."""
 
-    # the pool fills the slots directly (no __init__ call on the hot path)
-    __slots__ = ("_lg_conn", "_lg_rec")
+    # the pool fills the slots directly (no __init__ call on the hot path); weakly referenced by
+    # the callbacks registered through it, so a dropped handle still gives its slot back
+    __slots__ = ("__weakref__", "_lg_conn", "_lg_rec")
 
     _lg_conn: Any
     _lg_rec: _Record[Any]
@@ -189,12 +191,14 @@ class _Callback:
 
     def __init__(self, cb: Callable[..., Any], handle: Handle, gets_conn: bool) -> None:
         self.cb = cb
-        self.handle = handle
+        # weak: the driver's connection holds this callback, the pool holds the connection, and a
+        # strong reference would keep a dropped handle (and its pool slot) alive for ever
+        self.handle = weakref.ref(handle)
         self.gets_conn = gets_conn
 
     def __call__(self, *args: Any) -> None:
-        handle = self.handle
-        if handle._lg_conn is None:
+        handle = self.handle()
+        if handle is None or handle._lg_conn is None:
             return
         if self.gets_conn:
             args = (handle, *args[1:])

@@ -10,6 +10,7 @@ a stale object that still worked would run inside that next borrower's work.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -139,6 +140,23 @@ async def test_asyncpg_listeners_end_with_the_lease_and_receive_the_handle(postg
             await conn2.execute(f"UNLISTEN {channel}")
         assert heard == [(conn, "one")]
         assert len(logs) == 1
+
+
+async def test_asyncpg_dropped_handle_with_a_listener_still_gives_its_slot_back(postgres_url: str) -> None:
+    """A handle dropped without release while a listener holds a callback to it is still collected:
+    its slot comes back and the next acquire gets the connection, listener removed."""
+    channel = f"lg_{uuid.uuid4().hex[:8]}"
+    async with Warden().pool("db", postgres_url, min_size=1, max_size=1, acquire_timeout=2) as db:
+        conn = await db.acquire()
+        await conn.add_listener(channel, lambda *args: None)
+        del conn
+        gc.collect()
+        for _ in range(100):
+            if db.stats().in_use == 0:
+                break
+            await asyncio.sleep(0.01)
+        async with db.acquire() as again:
+            assert await again.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
 
 
 async def test_asyncpg_listener_removed_through_the_handle(postgres_url: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from poolwarden.observe.events import subscribe
 from poolwarden.observe.quantiles import interpolate
-from poolwarden.observe.stats import HistogramSnapshot, PoolStats
+from poolwarden.observe.stats import HistogramSnapshot, PoolStats, kind
 
 __all__ = ["Event", "History", "Point"]
 
@@ -159,6 +159,7 @@ class History:
             current = self._last.get(name)
             s = current[1] if current else None
             resources[name] = {
+                "kind": kind(s) if s else "db",
                 "driver": s.driver if s else "?",
                 "state": last.state if last else "?",
                 "circuit": last.circuit if last else "?",

@@ -87,7 +87,11 @@
     head.append(stateBadge, circuitBadge);
     const kpis = el("div", "kpis");
     const kpi = {};
-    for (const [key, label] of [["used", "in use"], ["waiting", "queued"], ["rate", "acq/s"], ["p99", "wait p99"]]) {
+    // a Redis or HTTP client pools inside its driver: no queue or waits of ours to show
+    const client = info.kind === "http" || info.kind === "redis";
+    const kpiList = client ? [["used", "in use"]]
+                           : [["used", "in use"], ["waiting", "queued"], ["rate", "acq/s"], ["p99", "wait p99"]];
+    for (const [key, label] of kpiList) {
       const box = el("div", "kpi");
       kpi[key] = el("b", "", "–");
       box.append(kpi[key], el("span", "", label));
@@ -101,7 +105,7 @@
     document.getElementById("resources").append(card);
     const plots = {};
     const data = { t: [] };
-    for (const kind of POOL_CHARTS) {
+    for (const kind of client ? ["connections", "errors"] : POOL_CHARTS) {
       const box = el("div", "chart");
       box.dataset.chart = kind;
       if (kind === "errors") box.classList.add("wide");
@@ -111,8 +115,8 @@
       charts.append(box);
       plots[kind] = makeChart(host, kind);
       plots[kind].host = host;
-      for (const [key] of SERIES[kind]) data[key] = [];
     }
+    for (const kind of POOL_CHARTS) for (const [key] of SERIES[kind]) data[key] = [];
     return (state[name] = { card, stateBadge, circuitBadge, kpi, err, plots, data });
   }
 
@@ -145,10 +149,12 @@
     else badge(r.stateBadge, st, st === "closed" ? "bad" : "warn");
     badge(r.circuitBadge, "circuit " + circuit, circuit === "open" ? "bad" : "ok");
     if (n >= 0) {
-      r.kpi.used.textContent = d.used[n] + " / " + d.max[n];
-      r.kpi.waiting.textContent = String(d.waiting[n]);
-      r.kpi.rate.textContent = fmt(d.acquires_per_s[n], 1);
-      r.kpi.p99.textContent = ms(d.wait_p99_ms[n]);
+      r.kpi.used.textContent = d.used[n] + " / " + (d.max[n] || "∞");
+      if (r.kpi.waiting) {
+        r.kpi.waiting.textContent = String(d.waiting[n]);
+        r.kpi.rate.textContent = fmt(d.acquires_per_s[n], 1);
+        r.kpi.p99.textContent = ms(d.wait_p99_ms[n]);
+      }
     }
     r.err.hidden = !info.last_error || circuit !== "open";
     r.err.textContent = info.last_error ? "last error: " + String(info.last_error) : "";

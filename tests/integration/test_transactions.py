@@ -386,3 +386,24 @@ async def test_black_holed_rollback_at_release_is_bounded_by_reset_timeout(db: D
         await proxy.cut()
         proxy.blackhole(False)
     assert await db.count() == 0
+
+
+@drivers("asyncpg", "sqlite")
+async def test_pool_timeout_inside_a_lease_is_not_a_lost_connection(db: Db) -> None:
+    """A PoolTimeout (a TimeoutError) from another pool inside an endpoint stays a 503 pool-timeout,
+    and the endpoint's own healthy connection is returned, not discarded."""
+    app, warden, pool = make_app(db.url, max_size=1)
+    other = warden.pool("other", db.url, max_size=1, acquire_timeout=0.2)
+
+    @app.get("/nested")
+    async def nested(conn: Any = pool.connection) -> None:
+        await db.scalar(conn, "SELECT 1")
+        async with other.acquire(), other.acquire():  # the second waits for the first: times out
+            pass
+
+    async with running(app) as client:
+        response = await client.get("/nested")
+        assert response.status_code == 503
+        assert response.json()["type"] == "urn:poolwarden:problem:pool-timeout"
+        assert pool.stats().discarded == {}
+        assert_all_returned(pool)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from poolwarden.config import DSN
-from poolwarden.errors import ConfigError, TransactionFailed
+from poolwarden.errors import ConfigError, PoolwardenError, TransactionFailed
 
 
 def driver_url(dsn: DSN) -> str:
@@ -15,6 +15,15 @@ def driver_url(dsn: DSN) -> str:
     name or password, which go to the driver as parameters (:meth:`DSN.credentials`), so that no driver
     error or log line can echo them as part of a URL."""
     return dsn.url(scheme=dsn.scheme)
+
+
+def network_error(exc: BaseException) -> bool:
+    """A socket error or a timeout: the connection's state is unknown, so it counts as lost.
+
+    Not poolwarden's own errors: a ``PoolTimeout`` (a ``TimeoutError``) raised by another acquire
+    inside a lease says nothing about the connection lent.
+    """
+    return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, PoolwardenError)
 
 
 def check_options(driver: str, options: Mapping[str, Any], allowed: Collection[str]) -> dict[str, Any]:

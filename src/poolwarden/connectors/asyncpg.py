@@ -29,7 +29,7 @@ from asyncpg.connection import _ConnectionProxy
 from asyncpg.connresource import ConnectionResource
 
 from poolwarden.config import DSN, PoolConfig
-from poolwarden.connectors._shared import check_options, conflict, driver_url
+from poolwarden.connectors._shared import check_options, conflict, driver_url, network_error
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import TransactionFailed
 from poolwarden.handle import register_driver
@@ -154,7 +154,7 @@ class AsyncpgConnector:
         return _transaction(conn)
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        if isinstance(exc, (OSError, TimeoutError)):  # ConnectionError is an OSError
+        if network_error(exc):  # ConnectionError is an OSError
             return True
         if isinstance(exc, asyncpg.PostgresError):
             state: str = getattr(exc, "sqlstate", None) or ""

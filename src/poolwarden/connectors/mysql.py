@@ -41,7 +41,7 @@ from asyncmy.cursors import Cursor
 
 from poolwarden.config import DSN, PoolConfig
 from poolwarden.connectors._mysql_codes import DISCONNECT_CODES as _DISCONNECT_CODES
-from poolwarden.connectors._shared import check_options, transaction_block
+from poolwarden.connectors._shared import check_options, network_error, transaction_block
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import ConfigError
 from poolwarden.handle import register_driver
@@ -162,7 +162,7 @@ class MysqlConnector:
                                  lambda: bool(conn.get_transaction_status()))
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        if isinstance(exc, (OSError, TimeoutError)):
+        if network_error(exc):
             return True
         if not isinstance(exc, errors.MySQLError):
             return False

@@ -35,7 +35,7 @@ from psycopg import pq
 from psycopg.rows import tuple_row
 
 from poolwarden.config import DSN, PoolConfig
-from poolwarden.connectors._shared import check_options, conflict, driver_url
+from poolwarden.connectors._shared import check_options, conflict, driver_url, network_error
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import TransactionFailed
 from poolwarden.handle import register_driver
@@ -171,7 +171,7 @@ class PsycopgConnector:
         return _transaction(conn)
 
     def is_disconnect(self, exc: BaseException) -> bool:
-        if isinstance(exc, (OSError, TimeoutError)):
+        if network_error(exc):
             return True
         if isinstance(exc, psycopg.Error):
             state = exc.sqlstate

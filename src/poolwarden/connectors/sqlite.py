@@ -45,7 +45,7 @@ import aiosqlite
 from aiosqlite.context import Result
 
 from poolwarden.config import DSN, PoolConfig
-from poolwarden.connectors._shared import check_options, transaction_block
+from poolwarden.connectors._shared import check_options, network_error, transaction_block
 from poolwarden.connectors.base import ServerInfo
 from poolwarden.errors import ConfigError
 from poolwarden.handle import register_driver
@@ -215,7 +215,7 @@ class SqliteConnector:
     def is_disconnect(self, exc: BaseException) -> bool:
         # TimeoutError: the statement may still be running on the worker thread, so what the
         # connection holds afterwards is unknown; it is cheaper to open a new one than to guess.
-        if isinstance(exc, (OSError, TimeoutError)):
+        if network_error(exc):
             return True
         if isinstance(exc, (ValueError, sqlite3.ProgrammingError)):
             message = str(exc).lower()

@@ -9,8 +9,9 @@ One implementation, so both behave the same under cancellation and outages:
   was waiting for is ended at once (leases abandoned, connections terminated, sync), the resource is
   closed, and only then does the cancellation propagate.
 * The circuit (:class:`~poolwarden.retry.CircuitBreaker`) opens after ``failure_threshold``
-  consecutive failures and is then probed every ``probe_interval`` by one background task, whatever
-  the reconnect backoff has grown to: the first probe after the backend accepts again closes it.
+  consecutive failures and is then probed every ``probe_interval`` (sooner while callers are
+  refused), whatever the reconnect backoff has grown to: the first probe after the backend accepts
+  again closes it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from poolwarden.errors import BackendDown, PoolClosed
 from poolwarden.observe.events import emit
 from poolwarden.observe.leaks import LeaseInfo
-from poolwarden.retry import CircuitBreaker
+from poolwarden.retry import MAX_PROBES, CircuitBreaker
 
 __all__ = ["CLOSED", "DRAINING", "NEW", "OPEN", "OPENING", "Lifecycle", "State"]
 
@@ -217,15 +218,25 @@ class Lifecycle:
         wake = self._probe_wake = asyncio.Event()
         while self._state == OPEN and breaker.is_open:
             now = _monotonic()
-            if not breaker.begin_probe(now):
-                wake.clear()
-                try:
-                    async with asyncio.timeout(max(0.0, breaker.next_probe - now)):
-                        await wake.wait()
-                except TimeoutError:
-                    pass
+            if breaker.begin_probe(now):
+                probe = asyncio.get_running_loop().create_task(self._run_probe(breaker, wake))
+                self._track(probe)
                 continue
+            wake.clear()
+            # woken by a refused caller (hurry) or a probe that ended; at capacity only by the latter
+            delay = None if breaker.in_flight >= MAX_PROBES else max(0.0, breaker.next_probe - now)
+            try:
+                async with asyncio.timeout(delay):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _run_probe(self, breaker: CircuitBreaker, wake: asyncio.Event) -> None:
+        try:
             await self._probe_once()
+        finally:
+            breaker.probe_ended()
+            wake.set()
 
     # -- errors ----------------------------------------------------------------------------------
 

@@ -6,7 +6,10 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Backoff", "CircuitBreaker", "CircuitState", "set_testing"]
+__all__ = ["MAX_PROBES", "Backoff", "CircuitBreaker", "CircuitState", "set_testing"]
+
+#: Probes of one open circuit running at once, at most (each is one connect or ping).
+MAX_PROBES = 3
 
 _testing = False
 
@@ -39,15 +42,16 @@ class CircuitBreaker:
     """Closed until ``threshold`` consecutive failures; then open, probed every ``probe_interval``.
 
     ``open``: callers are refused at once, no I/O reaches the backend but one probe per
-    ``probe_interval`` (jittered +-10%, so replicas do not probe in step). ``half_open``: that probe is
-    in flight; callers are still refused, and its outcome closes the circuit or re-opens it. The probe
-    cadence is a setting of its own, not the reconnect backoff: a long outage must not stretch the
-    time between the backend coming back and the service serving again (HikariCP and resilience4j
-    make the same split). While callers keep being refused, :meth:`hurry` brings the next probe
-    forward to a fifth of the interval after the last one: a busy service finds its backend back
-    about as soon as hand-written glue that connects on every request would, yet never probes
-    more than one at a time nor more often than five times per interval. Pure state: the owner
-    runs the probe's I/O and reports the outcome.
+    ``probe_interval`` (jittered +-10%, so replicas do not probe in step). ``half_open``: a probe is
+    in flight; callers are still refused, and the first success closes the circuit. The probe cadence
+    is a setting of its own, not the reconnect backoff: a long outage must not stretch the time
+    between the backend coming back and the service serving again (HikariCP and resilience4j make
+    the same split). While callers keep being refused, :meth:`hurry` brings the next probe forward to
+    a fifth of the interval after the last one started, even while that one is still in flight (a
+    connect to a server that is starting, or through a saturated event loop, can take a while): a
+    busy service finds its backend back about as soon as glue that connects on every request would,
+    yet never runs more than ``MAX_PROBES`` probes at once nor starts more than five per interval.
+    Pure state: the owner runs each probe's I/O, reports its outcome, then calls :meth:`probe_ended`.
     """
 
     threshold: int
@@ -56,6 +60,7 @@ class CircuitBreaker:
     state: CircuitState = "closed"
     next_probe: float = 0.0
     probes: int = 0  # probes started since the circuit last opened
+    in_flight: int = 0  # probes running now
     last_probe: float = float("-inf")  # when the last probe started
 
     @property
@@ -74,11 +79,7 @@ class CircuitBreaker:
     def record_failure(self, now: float) -> bool:
         """Count one failure; True when this opened a closed circuit."""
         self.failures += 1
-        if self.state != "closed":
-            self.state = "open"  # a failed probe: the next one after probe_interval
-            self._schedule(now)
-            return False
-        if self.failures >= self.threshold:
+        if self.state == "closed" and self.failures >= self.threshold:
             self.state = "open"
             self.probes = 0
             self._schedule(now)
@@ -86,17 +87,26 @@ class CircuitBreaker:
         return False
 
     def begin_probe(self, now: float) -> bool:
-        """True (and half-open) when a probe is due now; the caller then runs it and reports."""
-        if self.state != "open" or now < self.next_probe:
+        """True (and half-open) when a probe may start now; the caller runs it, reports its outcome,
+        then calls :meth:`probe_ended`. The next one is then due one interval later (or hurried)."""
+        if self.state == "closed" or now < self.next_probe or self.in_flight >= MAX_PROBES:
             return False
         self.state = "half_open"
         self.probes += 1
+        self.in_flight += 1
         self.last_probe = now
+        self._schedule(now)
         return True
+
+    def probe_ended(self) -> None:
+        """A probe finished (its success or failure already recorded)."""
+        self.in_flight = max(0, self.in_flight - 1)
+        if self.state == "half_open" and not self.in_flight:
+            self.state = "open"  # every probe failed: the next one is already scheduled
 
     def hurry(self, now: float) -> bool:
         """A caller was refused: probe sooner (see above); True when the next probe moved earlier."""
-        if self.state != "open":
+        if self.state == "closed":
             return False
         soonest = max(now, self.last_probe + self.probe_interval / 5)
         if soonest >= self.next_probe:
@@ -108,8 +118,6 @@ class CircuitBreaker:
         """Seconds until a caller may expect the next probe's outcome (0.0 when closed)."""
         if self.state == "closed":
             return 0.0
-        if self.state == "half_open":
-            return self.probe_interval  # the probe in flight, or the one after it
         # never 0: a probe due now still takes a round trip to tell
         return max(self.probe_interval / 5, self.next_probe - now)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from poolwarden.retry import Backoff, CircuitBreaker, set_testing
+from poolwarden.retry import MAX_PROBES, Backoff, CircuitBreaker, set_testing
 
 
 @pytest.fixture
@@ -88,38 +88,50 @@ def test_probe_cadence_does_not_grow_with_the_outage() -> None:
         now = breaker.next_probe
         assert breaker.begin_probe(now)
         assert breaker.state == "half_open"
-        assert breaker.record_failure(now) is False
+        assert breaker.record_failure(now + 0.01) is False
+        breaker.probe_ended()
         assert breaker.is_open
-        assert not breaker.begin_probe(now)  # open again: the next probe is one interval away
+        assert not breaker.begin_probe(now + 0.01)  # open again: the next probe is one interval away
         assert 0.225 <= breaker.next_probe - now <= 0.275
 
 
-def test_half_open_admits_one_probe_and_refuses_early_ones() -> None:
-    """A probe is admitted only when due, and only one at a time (half-open)."""
+def test_half_open_admits_probes_only_when_due_and_closes_on_success() -> None:
+    """A probe starts only when due; the first success closes the circuit."""
     breaker = CircuitBreaker(1, 0.25)
     breaker.record_failure(0.0)
     assert breaker.begin_probe(0.0) is False  # not due yet
-    assert breaker.begin_probe(breaker.next_probe) is True
-    assert breaker.begin_probe(breaker.next_probe + 1) is False  # one in flight
-    assert breaker.retry_after(breaker.next_probe) == 0.25  # honest: about one interval
+    start = breaker.next_probe
+    assert breaker.begin_probe(start) is True
+    assert breaker.begin_probe(start + 0.01) is False  # the next one is an interval away
+    assert breaker.retry_after(start + 0.01) == pytest.approx(breaker.next_probe - start - 0.01)
     assert breaker.record_success() is True
+    breaker.probe_ended()
     assert breaker.state == "closed"
 
 
-def test_refused_callers_hurry_the_next_probe_to_a_fifth_of_the_interval() -> None:
-    """A refused caller brings the next probe forward, to no sooner than probe_interval / 5 after
-    the last one started: recovery follows demand, the probe rate stays bounded."""
+def test_refused_callers_hurry_overlapping_probes_up_to_the_cap() -> None:
+    """A refused caller brings the next probe forward to probe_interval / 5 after the last one
+    started, even while that one is in flight, and never beyond MAX_PROBES at once."""
     breaker = CircuitBreaker(1, 0.25)
     breaker.record_failure(0.0)
-    assert breaker.begin_probe(breaker.next_probe)
-    started = breaker.last_probe
-    breaker.record_failure(started + 0.01)  # the probe failed fast: next one ~0.25 s later
-    assert breaker.hurry(started + 0.02) is True
-    assert breaker.next_probe == pytest.approx(started + 0.05)
-    assert breaker.hurry(started + 0.03) is False  # already as soon as allowed
-    assert breaker.hurry(started + 0.2) is False
-    assert breaker.begin_probe(started + 0.05)
-    assert breaker.hurry(started + 0.06) is False  # one in flight: nothing to hurry
+    t = breaker.next_probe
+    started = []
+    for _ in range(MAX_PROBES):
+        assert breaker.hurry(t) or breaker.next_probe <= t
+        t = max(t, breaker.next_probe)
+        assert breaker.begin_probe(t)
+        started.append(t)
+        t += 0.05
+    assert started == pytest.approx([started[0] + 0.05 * i for i in range(MAX_PROBES)])
+    assert breaker.in_flight == MAX_PROBES
+    breaker.hurry(t)
+    assert not breaker.begin_probe(t + 1)  # at the cap
+    breaker.record_failure(t)
+    breaker.probe_ended()
+    assert breaker.state == "half_open"  # others still in flight
+    for _ in range(MAX_PROBES - 1):
+        breaker.probe_ended()
+    assert (breaker.state, breaker.in_flight) == ("open", 0)
 
 
 def test_testing_switch_makes_probes_due_at_once() -> None:

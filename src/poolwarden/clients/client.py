@@ -63,6 +63,7 @@ class Client(Lifecycle, Generic[T]):
         self._client: T | None = None
         self._backoff = Backoff(cfg.backoff_initial, cfg.backoff_max)
         self._watcher: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[Any]] = set()  # pings of an open circuit, run by the watcher
         self._wake = asyncio.Event()  # a request saw a disconnect: check now rather than at the next tick
         self._ever_ok = False
         self._handed = 0
@@ -110,10 +111,11 @@ class Client(Lifecycle, Generic[T]):
     async def _drain(self) -> list[LeaseInfo]:
         """Stop the health check and close the driver client within ``connect_timeout``."""
         watcher = self._watcher
-        if watcher is not None:
-            watcher.cancel()
-            # cancelled here, close() calls _abort(), which still finds the watcher and the client
-            await asyncio.gather(watcher, return_exceptions=True)
+        tasks = [t for t in (watcher, *self._probes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        # cancelled here, close() calls _abort(), which still finds the watcher and the client
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._watcher = None
         client, self._client = self._client, None
         if client is None:
@@ -135,8 +137,9 @@ class Client(Lifecycle, Generic[T]):
     def _abort(self) -> list[LeaseInfo]:
         watcher, self._watcher = self._watcher, None
         client, self._client = self._client, None
-        if watcher is not None:
-            watcher.cancel()
+        for task in (watcher, *self._probes):
+            if task is not None:
+                task.cancel()
         if client is not None:
             _close_later(self.driver, client, self.config.connect_timeout, watcher)
         emit("client.closed", self.name, "cut short")
@@ -237,6 +240,10 @@ class Client(Lifecycle, Generic[T]):
 
     async def _probe_once(self) -> None:
         await self._check()
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
     async def _sleep(self, delay: float | None, *, wakeable: bool) -> None:
         # Only a healthy client is woken early: while failing, the backoff paces the pings, not the

@@ -70,8 +70,9 @@ async def orm(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[SQ
     kind, driver, sync = request.param
     warden = Warden()
     url = _url(kind, driver, tmp_path)
-    resource: SQLAlchemyResource[Any] = (warden.sqlalchemy("db", url, sync=True, min_size=1, max_size=3)
-                                         if sync else warden.sqlalchemy("db", url, min_size=1, max_size=3))
+    settings: dict[str, Any] = {"min_size": 1, "max_size": 3, "drain_timeout": 0.3}
+    resource: SQLAlchemyResource[Any] = (warden.sqlalchemy("db", url, sync=True, **settings)
+                                         if sync else warden.sqlalchemy("db", url, **settings))
     async with warden:
         if isinstance(resource, SyncSQLAlchemy):
             engine = resource.engine
@@ -409,3 +410,27 @@ async def test_a_failure_rolled_back_to_its_savepoint_still_commits(orm: SQLAlch
                 pass
     async with orm.session_scope() as s:
         assert list(await _in(orm, lambda: s.scalars(select(Note.body)))) == ["kept"]
+
+
+async def test_drain_abandons_a_session_still_out(orm: SQLAlchemyResource[Any]) -> None:
+    """Close with a session still out: it is reported after drain_timeout, its connection closed,
+    and the session's own end afterwards neither hangs nor lends anything."""
+    held = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_request() -> None:
+        async with orm.session_scope() as s:
+            await _in(orm, lambda: s.execute(text("SELECT 1")))
+            held.set()
+            await go_on.wait()
+            await _in(orm, lambda: s.execute(text("SELECT 1")))
+
+    task = asyncio.create_task(slow_request())
+    await held.wait()
+    abandoned = await orm.close()
+    assert len(abandoned) == 1
+    go_on.set()
+    async with asyncio.timeout(10):
+        with pytest.raises((DBAPIError, LeaseEnded)):  # the driver's error for its closed connection
+            await task
+    assert orm.stats().in_use == 0

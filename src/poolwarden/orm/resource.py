@@ -400,6 +400,7 @@ def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: Asyn
     sa_url = dsn.url(scheme=f"{dsn.scheme}+{driver}", credentials=True)
     pool_dsn = DSN(sa_url.replace("+pysqlite", "", 1).replace("+pymysql", "", 1)) if sync else DSN(sa_url)
     connector = (sync_connector_for if sync else connector_for)(pool_dsn, config)
+    _leave_session_state_to_sqlalchemy(connector)
     if session_class is None:
         session_class = _sqlmodel_session() if sqlmodel else Session
     options = dict(session_options or {})
@@ -422,6 +423,23 @@ def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: Asyn
         resource.add_listener(listener)
     warden._resources[name] = warden._declared[name] = resource
     return resource
+
+
+def _leave_session_state_to_sqlalchemy(connector: Connector[Any]) -> None:
+    """Only an open transaction makes a connection need the pool's rollback at release.
+
+    The async psycopg connector also resets a lease's notice handlers and session switches; under
+    SQLAlchemy those belong to the dialect's wrapper for the connection's whole life (its notice
+    handler is added once, at connect), so resetting them would mean a rollback and a new wrapper
+    at every release.
+    """
+    if connector.driver == "psycopg" and not getattr(connector, "blocking", False):
+        from poolwarden.connectors.psycopg import _OPEN
+
+        def in_transaction(conn: Any) -> bool:
+            return conn.pgconn.transaction_status in _OPEN
+
+        setattr(connector, "in_transaction", in_transaction)  # noqa: B010 - shadows the method
 
 
 def _sqlmodel_session() -> type[Session]:

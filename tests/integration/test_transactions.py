@@ -407,3 +407,27 @@ async def test_pool_timeout_inside_a_lease_is_not_a_lost_connection(db: Db) -> N
         assert response.json()["type"] == "urn:poolwarden:problem:pool-timeout"
         assert pool.stats().discarded == {}
         assert_all_returned(pool)
+
+
+@drivers("asyncpg", "psycopg")
+async def test_nested_transaction_in_a_transaction_dependency_is_a_savepoint(db: Db) -> None:
+    """conn.transaction() inside db.transaction is a SAVEPOINT: an error caught around it undoes only
+    its own rows, and the outer transaction still commits (no TransactionFailed)."""
+    app, _, pool = make_app(db.url, max_size=1)
+
+    @app.post("/nested")
+    async def nested(conn: Any = pool.transaction) -> dict[str, bool]:
+        await db.insert(conn, 1)
+        try:
+            async with conn.transaction():
+                await db.insert(conn, 2)
+                await db.insert(conn, 1)  # duplicate key: fails the savepoint only
+        except Exception:
+            pass
+        await db.insert(conn, 3)
+        return {"ok": True}
+
+    async with running(app) as client:
+        assert (await client.post("/nested")).status_code == 200
+        assert_all_returned(pool)
+    assert await db.count() == 2  # rows 1 and 3

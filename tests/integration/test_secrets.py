@@ -42,6 +42,7 @@ from fastapi import FastAPI
 
 from poolwarden import BackendDown, PoolwardenError, Warden
 from poolwarden.cli import main as cli_main
+from poolwarden.sync import connector as sync_connector
 from tests.support.private_pg import PrivatePostgres, private_postgres
 from tests.support.servers import MYSQL_URL, REDIS_URL, require
 
@@ -291,13 +292,21 @@ async def basic_auth_server(user: str, password: str) -> AsyncIterator[int]:
 
 
 async def pool_flow(seen: Seen, password: str, place: str, target: str, expect_user: str | None,
-                    logs: Callable[[], list[str]]) -> None:
-    """A pool on ``target`` through a FastAPI app: every route, every repr, every error, every log."""
+                    logs: Callable[[], list[str]], blocking: bool = False) -> None:
+    """A pool on ``target`` through a FastAPI app: every route, every repr, every error, every log;
+    ``blocking``: on the sync driver's connector (psycopg, PyMySQL), with a sync endpoint."""
     ok = expect_user is not None
+    connector = (lambda: sync_connector(target)) if blocking else (lambda: None)
     warden = Warden(environ={})
-    db = warden.pool("db", target, min_size=1, max_size=2, **({} if ok else FAST_FAIL))
+    db = warden.pool("db", target, connector=connector(), min_size=1, max_size=2, **({} if ok else FAST_FAIL))
     app = FastAPI(lifespan=warden.lifespan)
     warden.install(app, stats=True, metrics=True)
+
+    @app.get("/whoami-sync")
+    def whoami_sync(conn: Annotated[Any, db.connection]) -> dict[str, str]:
+        cur = conn.cursor()
+        cur.execute("SELECT CURRENT_USER")
+        return {"user": str(cur.fetchone()[0]).partition("@")[0]}
 
     @app.get("/whoami")
     async def whoami(conn: Annotated[Any, db.connection]) -> dict[str, str]:
@@ -315,7 +324,7 @@ async def pool_flow(seen: Seen, password: str, place: str, target: str, expect_u
                                                        base_url="http://app") as client:
         if not ok:
             await eventually(lambda: db.stats().circuit == "open" and db.stats().last_error is not None)
-        r = await client.get("/whoami")
+        r = await client.get("/whoami-sync" if blocking else "/whoami")
         if ok:
             assert r.status_code == 200, r.text
             assert r.json() == {"user": expect_user}  # the password parsed right: we are that role
@@ -336,9 +345,10 @@ async def pool_flow(seen: Seen, password: str, place: str, target: str, expect_u
         for text in (repr(db), repr(db.dsn), str(db.dsn), repr(db.connector), repr(db.config),
                      repr(db.stats()), str(db.stats().to_dict()), repr(warden)):
             seen.add(password, f"{place} repr", text)
-    if not ok:
+    if not ok and not blocking:  # (a blocking connect, in a thread, may not even fail within 0.2 s)
         waiting = Warden(environ={})
-        waiting.pool("db", target, startup_timeout=0.2, **{**FAST_FAIL, "startup": "wait"})
+        waiting.pool("db", target, connector=connector(), startup_timeout=0.2,
+                     **{**FAST_FAIL, "startup": "wait"})
         with pytest.raises(PoolwardenError) as failed:
             await waiting.open()
         seen.error(password, f"{place} open", failed.value)
@@ -426,6 +436,10 @@ async def test_postgres_canary_sweep(scram_pg: PrivatePostgres, logs: Callable[[
                 targets += [good, bad]
             if form == "query":
                 continue
+            for name, ok, user in (("right", True, ROLE), ("wrong", False, BAD_ROLE)):
+                target = url("postgresql", user, password, hostport, "/postgres", form)
+                await pool_flow(seen, password, f"sync psycopg {form} {name}", target, ROLE if ok else None,
+                                logs, blocking=True)
             await orm_flow(seen, password, f"orm {form}", url("postgresql", ROLE, password, hostport,
                                                                 "/postgres", form), logs)
             engine = url("postgresql+asyncpg", ROLE, password, hostport, "/postgres", form)
@@ -449,7 +463,7 @@ async def test_postgres_canary_sweep(scram_pg: PrivatePostgres, logs: Callable[[
 
 @pytest.mark.mysql
 async def test_mariadb_canary_sweep(logs: Callable[[], list[str]]) -> None:
-    """asyncmy pools on a MariaDB user with each password, right and wrong, and poolwarden check."""
+    """asyncmy and PyMySQL pools on a MariaDB user with each password, right and wrong, and check."""
     seen = Seen()
     for password in LONG + SHORT:
         async with mariadb_users(password) as hostport:
@@ -459,6 +473,8 @@ async def test_mariadb_canary_sweep(logs: Callable[[], list[str]]) -> None:
                 bad = url("mysql", BAD_ROLE, password, hostport, "/test", form)
                 await pool_flow(seen, password, f"mysql {form} right", good, ROLE, logs)
                 await pool_flow(seen, password, f"mysql {form} wrong", bad, None, logs)
+                await pool_flow(seen, password, f"pymysql {form} right", good, ROLE, logs, blocking=True)
+                await pool_flow(seen, password, f"pymysql {form} wrong", bad, None, logs, blocking=True)
                 targets += [good, bad]
             await cli(seen, password, "check", logs, "check", *targets)
     seen.check()

@@ -51,12 +51,17 @@ class SyncPymysqlConnector(ThreadedConnector[Connection]):
         self._params: dict[str, Any] = {
             "host": dsn.host or "localhost",
             "port": dsn.port or 3306,
-            "user": dsn.username,
-            "password": dsn.password or "",
+            "user": None,
+            "password": "",
             "database": dsn.database or None,
+            **dsn.credentials(options),
             **dsn.query,
             **options,
         }
+        if isinstance(self._params["password"], str):
+            # PyMySQL encodes a str password as latin-1: 'é' would not match and '€' raise; the server
+            # hashed the UTF-8 bytes that CREATE USER ... IDENTIFIED BY sent over a utf8mb4 session
+            self._params["password"] = self._params["password"].encode()
         self._redacted = dsn.redacted
 
     def __repr__(self) -> str:

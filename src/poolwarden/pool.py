@@ -99,9 +99,7 @@ class Pool(PoolUpkeep[C]):
     async def _drain(self) -> list[LeaseInfo]:
         """Refuse new acquires, give leases ``drain_timeout`` to return, close the rest."""
         emit("drain.started", self.name, f"in_use={len(self._in_use)}", in_use=len(self._in_use))
-        self._stop_background()
-        if self._bg:
-            await asyncio.wait(list(self._bg))  # cancelled above: connects and pings end now
+        self._stop_background()  # connects and pings cancelled: they end while leases drain
         while self._idle:
             self._close_conn(self._idle.pop().conn, graceful=True)
         if self._in_use:
@@ -112,8 +110,11 @@ class Pool(PoolUpkeep[C]):
             except TimeoutError:
                 pass
         abandoned = self._abandon_leases()
-        if self._io:
-            await asyncio.wait(list(self._io), timeout=self.config.drain_timeout)
+        # closes, resets and cancelled pings are each bounded by reset_timeout already; whatever
+        # outlives this wait is terminated: close() ends within drain_timeout + this bound
+        pending = [*self._io, *self._bg]
+        if pending:
+            await asyncio.wait(pending, timeout=min(self.config.drain_timeout, self.config.reset_timeout))
         self._abort_closes()
         emit("drain.finished", self.name, f"abandoned={len(abandoned)}", abandoned=len(abandoned))
         return abandoned

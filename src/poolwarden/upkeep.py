@@ -384,6 +384,8 @@ class PoolUpkeep(Lifecycle, Generic[C]):
         except BaseException:
             self._in_use.discard(rec)
             self.connector.terminate(rec.conn)
+            if not self._in_use:
+                self._drained.set()  # a drain may be waiting for this one
             raise
         now = _monotonic()
         rec.verified_at = now

@@ -22,6 +22,7 @@ from poolwarden.observe.stats import PoolStats
 from poolwarden.observe.watchdog import Watchdog
 from poolwarden.pool import Pool
 from poolwarden.settings import ClientSettings, PoolSettings
+from poolwarden.sync import is_blocking, warn_threadpool
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, params
@@ -305,6 +306,8 @@ class Warden:
                      "in the background")
         else:
             await resource.open(wait=True)
+        if isinstance(resource, Resource) and is_blocking(resource):
+            warn_threadpool(resource)  # a sync driver's pool smaller than the threadpool: fastapi#3205
         if resource.ready and isinstance(resource, Resource):
             await self._check_share(resource)
 

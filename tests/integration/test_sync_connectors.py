@@ -94,15 +94,19 @@ async def test_blocking_acquire_from_a_thread_and_never_on_the_loop(tmp_path: An
 
 
 async def test_the_threadpool_warning_names_the_fix(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """A sync pool smaller than the threadpool logs sync.threadpool at start-up, naming the fix."""
+    """A sync pool (ORM or raw) smaller than the threadpool logs sync.threadpool at start-up, naming
+    the fix; an async pool does not."""
     caplog.set_level(logging.WARNING, logger="poolwarden")
     warden = Warden()
     orm = warden.sqlalchemy("db", f"sqlite:///{tmp_path}/w.db", sync=True, max_size=5)
+    raw_url = f"sqlite:///{tmp_path}/r.db"
+    warden.pool("raw", raw_url, connector=sync.connector(raw_url), max_size=5)
+    warden.pool("async", f"sqlite:///{tmp_path}/a.db", max_size=5)
     async with warden:
         pass
     messages = [r.getMessage() for r in caplog.records
                 if getattr(r, "poolwarden.event", "") == "sync.threadpool"]
-    assert len(messages) == 1
+    assert len(messages) == 2
     assert "orm.session" in messages[0]
     assert "fastapi#3205" in messages[0]
     assert orm.stats().size == 0

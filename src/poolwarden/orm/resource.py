@@ -27,7 +27,6 @@ from poolwarden.handle import unwrap
 from poolwarden.orm.bridge import ConnectionDropped, Lease, WardenPool
 from poolwarden.orm.sessions import ENDED, guarded, settle
 from poolwarden.sync import connector_for as sync_connector_for
-from poolwarden.sync import warn_threadpool
 from poolwarden.warden import Override, Resource
 
 if TYPE_CHECKING:
@@ -82,11 +81,6 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
         self._session_class = guarded(session_class)
         self._session_options = {"expire_on_commit": False, **session_options}
         self._session_depends: dict[tuple[Release, bool], Depends] = {}
-
-    async def open(self, wait: bool | None = None) -> None:
-        await super().open(wait)
-        if not self.is_async:
-            warn_threadpool(self)
 
     # -- FastAPI ----------------------------------------------------------------------------------
 

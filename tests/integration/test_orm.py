@@ -434,3 +434,23 @@ async def test_drain_abandons_a_session_still_out(orm: SQLAlchemyResource[Any]) 
         with pytest.raises((DBAPIError, LeaseEnded)):  # the driver's error for its closed connection
             await task
     assert orm.stats().in_use == 0
+
+
+async def test_release_response_keeps_the_session_for_a_streaming_body(sqlite_orm: AsyncSQLAlchemy) -> None:
+    """release="response": a streaming body reads through the session after the endpoint returned."""
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+    Late = Annotated[AsyncSession, sqlite_orm.session_depends(release="response")]
+
+    @app.get("/stream")
+    async def stream(s: Late) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield f"{await s.scalar(text(f'SELECT {i}'))}\n".encode()
+        return StreamingResponse(body())
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/stream")).text == "0\n1\n2\n"
+    assert sqlite_orm.stats().in_use == 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import threading
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from poolwarden.errors import ConfigError, PoolwardenError
 from poolwarden.observe.events import emit
 from poolwarden.pool import Pool
 
-__all__ = ["acquire_blocking", "connector", "connector_for", "is_blocking", "warn_threadpool"]
+__all__ = ["acquire_blocking", "connector", "connector_for", "is_blocking", "on_loop", "warn_threadpool"]
 
 C = TypeVar("C")
 
@@ -96,6 +95,14 @@ def warn_threadpool(pool: Pool[Any]) -> None:
 _warned: set[str] = set()
 
 
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when the calling thread is the one running ``loop`` (any loop implementation)."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 def acquire_blocking(pool: Pool[C], timeout: float | None = None) -> C:
     """From a worker thread: wait for a connection of ``pool`` (its state stays on the event loop).
 
@@ -105,7 +112,7 @@ def acquire_blocking(pool: Pool[C], timeout: float | None = None) -> C:
     loop = pool._loop
     if loop is None or loop.is_closed():
         raise pool._closed_error()
-    if threading.get_ident() == getattr(loop, "_thread_id", None):
+    if on_loop(loop):
         raise PoolwardenError(
             f"{pool.name}: a sync connection cannot be waited for on the event loop thread; use the "
             "orm.session / orm.transaction dependency, `async with orm.session_scope()`, or a thread",

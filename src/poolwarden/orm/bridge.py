@@ -19,7 +19,6 @@ lent, when, and what happens to it afterwards. The mapping, from SQLAlchemy's po
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -31,7 +30,7 @@ from sqlalchemy.util.concurrency import await_only, in_greenlet
 
 from poolwarden.errors import PoolwardenError
 from poolwarden.handle import unwrap
-from poolwarden.sync import acquire_blocking
+from poolwarden.sync import acquire_blocking, on_loop
 
 if TYPE_CHECKING:
     from poolwarden.warden import Resource
@@ -199,7 +198,7 @@ class WardenPool(Pool):
         loop = resource._loop
         if loop is None or loop.is_closed():
             return
-        if threading.get_ident() != getattr(loop, "_thread_id", None):
+        if not on_loop(loop):
             loop.call_soon_threadsafe(_release_later, resource, lease.handle, exc)
             return
         pending = resource._release_nowait(lease.handle, exc)
@@ -239,7 +238,7 @@ class WardenPool(Pool):
         self._records.clear()
         if loop is None or loop.is_closed() or resource.state != "open":
             return
-        if threading.get_ident() == getattr(loop, "_thread_id", None):
+        if on_loop(loop):
             resource.expire()
         else:
             loop.call_soon_threadsafe(resource.expire)

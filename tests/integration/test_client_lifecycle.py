@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from poolwarden import BackendDown, PoolClosed, Warden
+from tests.support.cancel import cancel_after
 from tests.support.faultproxy import FaultProxy, fault_proxy
 
 pytestmark = pytest.mark.redis
@@ -73,25 +74,13 @@ async def test_cancelled_open_and_close_leave_a_closed_client(
         cache = Warden().client("cache", url, options={"client_name": name}, startup_timeout=30,
                                 backoff_initial=0.01, backoff_max=0.05, probe_interval=0.05)
         clients.append(cache)
-        opening = asyncio.create_task(cache.open())
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        opening.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await opening
+        assert await cancel_after(turns, cache.open())
         assert cache.state == "closed", turns
     redis_proxy.refuse(False)
     for turns in range(1, 8):
         cache = Warden().client("cache", url, options={"client_name": name})
         await cache.open()
-        closing = asyncio.create_task(cache.close())
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        closing.cancel()
-        try:
-            await closing
-        except asyncio.CancelledError:
-            pass
+        await cancel_after(turns, cache.close())
         assert cache.state == "closed", turns
     await asyncio.sleep(0.3)
     await _until_no_connections(redis_url, name)

@@ -18,6 +18,7 @@ import pytest
 
 from poolwarden import BackendDown, LeaseEnded, PoolClosed, Warden
 from poolwarden.warden import Resource
+from tests.support.cancel import cancel_after
 from tests.support.private_pg import PrivatePostgres
 
 pytestmark = pytest.mark.postgres
@@ -63,14 +64,7 @@ async def test_cancelled_close_at_every_await_ends_closed_with_no_connection(
         pool = _pool(url)
         await pool.open()
         lease = await pool.acquire()
-        closing = asyncio.create_task(pool.close())
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        closing.cancel()
-        try:
-            await closing
-        except asyncio.CancelledError:
-            pass
+        await cancel_after(turns, pool.close())
         assert pool.state == "closed", turns
         assert await pool.close() == []  # a later close has nothing left to do
         with pytest.raises(LeaseEnded):
@@ -106,12 +100,7 @@ async def test_cancelled_open_leaves_nothing_behind_when_the_backend_returns(
     for turns in [*range(1, 6), 20, 60]:
         pool = _pool(url, startup_timeout=30, backoff_initial=0.01, backoff_max=0.05, probe_interval=0.05)
         pools.append(pool)
-        opening = asyncio.create_task(pool.open())
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        opening.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await opening
+        assert await cancel_after(turns, pool.open())
         assert pool.state == "closed", turns
     warden = Warden()
     warden.pool("db", url, min_size=2, startup_timeout=30, backoff_initial=0.01, backoff_max=0.05)
@@ -277,14 +266,7 @@ async def test_mariadb_cancelled_close_at_every_await_ends_closed_with_no_connec
             pool = _pool(my.url)
             await pool.open()
             lease = await pool.acquire()
-            closing = asyncio.create_task(pool.close())
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            closing.cancel()
-            try:
-                await closing
-            except asyncio.CancelledError:
-                pass
+            await cancel_after(turns, pool.close())
             assert pool.state == "closed", turns
             with pytest.raises(LeaseEnded):
                 await lease.cursor()
@@ -304,14 +286,7 @@ async def test_sqlite_cancelled_close_at_every_await_stops_every_worker_thread(t
         pool = _pool(f"sqlite:///{tmp_path / 'x.db'}")
         await pool.open()
         lease = await pool.acquire()
-        closing = asyncio.create_task(pool.close())
-        for _ in range(turns):
-            await asyncio.sleep(0)
-        closing.cancel()
-        try:
-            await closing
-        except asyncio.CancelledError:
-            pass
+        await cancel_after(turns, pool.close())
         assert pool.state == "closed", turns
         with pytest.raises(LeaseEnded):
             await lease.execute("SELECT 1")

@@ -502,8 +502,11 @@ def env_settings(cls: type[Any], resource: str, environ: Mapping[str, str] | Non
             raise ConfigError(f"{var}: setting {key!r} {(misplaced or {})[key]} (for {resource!r})")
         if key in ENV_READ_ELSEWHERE:
             continue
-        if key not in types or key == "options":
-            if key != "options" and any(key.endswith("_" + n) for n in names):
+        if key == "options":
+            raise ConfigError(f"{var}: options cannot come from the environment (they may be objects "
+                              "and hold secrets): pass options= where the resource is declared")
+        if key not in types:
+            if any(key.endswith("_" + n) for n in names):
                 continue  # POOLWARDEN_DB_REPLICA_MAX_SIZE belongs to a resource named db_replica
             hint = _did_you_mean(key, [n for n in types if n != "options"], env_prefix=prefix)
             raise ConfigError(f"{var} names no setting of {resource!r} (got {var}={raw!r}){hint}")

@@ -424,3 +424,9 @@ def test_misspelt_scheme_names_the_closest() -> None:
 
     with pytest.raises(ConfigError, match=r"unsupported URL scheme 'postgress'.*did you mean 'postgres'\?"):
         connector_for(DSN("postgress://u@h/db"), PoolConfig())
+
+
+def test_options_cannot_come_from_the_environment() -> None:
+    """POOLWARDEN_DB_OPTIONS is refused with the reason, not taken for a typo."""
+    message = env_error({"POOLWARDEN_DB_OPTIONS": "{}"})
+    assert message.startswith("POOLWARDEN_DB_OPTIONS: options cannot come from the environment")

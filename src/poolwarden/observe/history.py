@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -87,7 +88,7 @@ class History:
         self._events: deque[Event] = deque(maxlen=events)
         self._loop: deque[tuple[float, float, int]] = deque(maxlen=points)  # (t, max lag, stalls)
         self._threshold = 0.0
-        self._seq = 0
+        self._seq = itertools.count(1)  # next() is atomic: the watchdog's thread records events too
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -138,11 +139,10 @@ class History:
         resources this history does not sample (another warden's) are left out."""
         if resource not in self._series and not event.startswith("loop."):
             return
-        self._seq += 1
         route = fields.get("route")
         reason = fields.get("reason")
         line = detail.split("\n", 1)[0][:_DETAIL]
-        self._events.append(Event(self._seq, self._clock(), event, resource, line,
+        self._events.append(Event(next(self._seq), self._clock(), event, resource, line,
                                   route if isinstance(route, str) else None,
                                   reason if isinstance(reason, str) else None))
 

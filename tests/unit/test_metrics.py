@@ -511,14 +511,13 @@ async def test_the_watchdog_lag_is_exported_when_it_runs() -> None:
     assert s.samples("poolwarden_event_loop_blocked_total")[0].value == 0
 
 
-async def test_otel_reports_clients_on_their_own_names() -> None:
-    """OpenTelemetry: http.client.open_connections and redis.client.connections, no db.* for clients."""
+async def otel_metrics(g: Warden) -> dict[str, Any]:
+    """The metrics an SDK reader collects from ``g``, instrumented, while it is open, by name."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
-    g = client_warden()
     otel.instrument(g, meter_provider=provider)
     try:
         async with g:
@@ -526,7 +525,12 @@ async def test_otel_reports_clients_on_their_own_names() -> None:
     finally:
         provider.shutdown()
     assert data is not None
-    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    return {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+
+
+async def test_otel_reports_clients_on_their_own_names() -> None:
+    """OpenTelemetry: http.client.open_connections and redis.client.connections, no db.* for clients."""
+    metrics = await otel_metrics(client_warden())
     db_names = {dict(p.attributes or {}).get(POOL) for name, m in metrics.items() if name.startswith("db.")
                 for p in m.data.data_points}
     assert db_names == {"db"}
@@ -553,20 +557,7 @@ async def test_health_tags_an_http_upstream_as_a_system_not_a_datastore() -> Non
 
 async def test_otel_counts_the_watchdog_stalls() -> None:
     """With Warden(watchdog=...), OpenTelemetry gets poolwarden.event_loop.blocked, as Prometheus does."""
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
     g = Warden(environ={}, watchdog=0.5)
     g.pool("db", connector=FakeConnector(), min_size=1)
-    otel.instrument(g, meter_provider=provider)
-    try:
-        async with g:
-            data = reader.get_metrics_data()
-    finally:
-        provider.shutdown()
-    assert data is not None
-    points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-              if m.name == "poolwarden.event_loop.blocked" for p in m.data.data_points]
-    assert [p.value for p in points] == [0]
+    metrics = await otel_metrics(g)
+    assert [p.value for p in metrics["poolwarden.event_loop.blocked"].data.data_points] == [0]

@@ -90,27 +90,20 @@ def instrument(warden: _Source, meter_provider: MeterProvider | None = None) -> 
     def stats() -> Iterable[PoolStats]:
         return [s for s in everything() if kind(s) == "db"]  # a Redis or HTTP client is no database pool
 
-    def open_connections(options: CallbackOptions) -> list[Observation]:
-        out = []
-        for s in everything():
-            if kind(s) == "http":
-                out.append(metrics.Observation(s.in_use, {RESOURCE: s.resource, HTTP_STATE: "active"}))
-                out.append(metrics.Observation(s.idle, {RESOURCE: s.resource, HTTP_STATE: "idle"}))
-        return out
-
-    def redis_connections(options: CallbackOptions) -> list[Observation]:
-        out = []
-        for s in everything():
-            if kind(s) == "redis":
-                out.append(metrics.Observation(s.in_use, {RESOURCE: s.resource, "state": "used"}))
-                out.append(metrics.Observation(s.idle, {RESOURCE: s.resource, "state": "idle"}))
-        return out
+    def client_connections(which: str, attribute: str, used: str,
+                           ) -> Callable[[CallbackOptions], list[Observation]]:
+        def callback(options: CallbackOptions) -> list[Observation]:
+            return [metrics.Observation(n, {RESOURCE: s.resource, attribute: state})
+                    for s in everything() if kind(s) == which
+                    for state, n in ((used, s.in_use), ("idle", s.idle))]
+        return callback
 
     meter.create_observable_up_down_counter(
-        "http.client.open_connections", [open_connections], unit="{connection}",
+        "http.client.open_connections", [client_connections("http", HTTP_STATE, "active")],
+        unit="{connection}",
         description="Number of outbound HTTP connections that are currently active or idle on the client")
     meter.create_observable_up_down_counter(
-        "redis.client.connections", [redis_connections], unit="{connection}",
+        "redis.client.connections", [client_connections("redis", "state", "used")], unit="{connection}",
         description="Connections of a Redis client's own pool, by state")
 
     def count(options: CallbackOptions) -> list[Observation]:

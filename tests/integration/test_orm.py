@@ -454,3 +454,25 @@ async def test_release_response_keeps_the_session_for_a_streaming_body(sqlite_or
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         assert (await client.get("/stream")).text == "0\n1\n2\n"
     assert sqlite_orm.stats().in_use == 0
+
+
+async def test_one_rollback_at_most_per_lease(orm: SQLAlchemyResource[Any]) -> None:
+    """SQLAlchemy rolls back (through its wrapper, keeping it in step) and poolwarden adds none at
+    release; SQLAlchemy's own reset-on-return and pre-ping are off."""
+    from sqlalchemy.pool.base import ResetStyle
+
+    rollbacks = 0
+    real = orm.connector.rollback
+
+    async def counted(conn: Any) -> None:
+        nonlocal rollbacks
+        rollbacks += 1
+        await real(conn)
+    orm.connector.rollback = counted  # type: ignore[method-assign]
+    for transaction in (False, True):
+        for _ in range(5):
+            async with orm.session_scope(transaction=transaction) as s:
+                await _in(orm, lambda: s.execute(text("SELECT 1")))
+    assert rollbacks == 0
+    assert orm.bridge._reset_on_return is ResetStyle.reset_none
+    assert orm.bridge._pre_ping is False

@@ -142,3 +142,17 @@ async def test_the_watchdog_lag_is_sampled_for_the_event_loop_card() -> None:
     assert len(loop["points"]) == 2
     assert loop["points"][-1]["stalls"] == 0
     assert History(_warden()[0]).snapshot()["loop"] is None
+
+
+async def test_a_blocked_loop_shows_the_line_holding_it_on_the_timeline() -> None:
+    """loop.blocked keeps, on its one line, where the loop is held (the stack stays in the log)."""
+    warden, _ = _warden()
+    history = History(warden)
+    async with warden:
+        history.start()
+        emit("loop.blocked", "event-loop", "blocked for at least 0.2s serving GET /x; the code holding it:\n"
+             "  File ...", route="GET /x", where="app.py:12 in report: time.sleep(1)")
+        await history.stop()
+    (event,) = history.snapshot()["events"]
+    assert event["detail"] == ("blocked for at least 0.2s serving GET /x; at app.py:12 in report: "
+                               "time.sleep(1)")

@@ -85,6 +85,9 @@ async def test_a_time_sleep_in_an_async_route_is_reported_with_route_and_stack(
     assert "serving GET /sleepy/{n}" in message
     assert "in sleepy" in message
     assert "time.sleep(0.3)" in message
+    where = getattr(records[0], "poolwarden.where")
+    assert where.startswith("test_watchdog.py:")
+    assert "in sleepy: time.sleep(0.3)" in where
     assert dog.stalls >= 1
     assert dog.max_lag() >= 0.2
 

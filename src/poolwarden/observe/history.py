@@ -141,7 +141,11 @@ class History:
             return
         route = fields.get("route")
         reason = fields.get("reason")
-        line = detail.split("\n", 1)[0][:_DETAIL]
+        line = detail.split("\n", 1)[0]
+        where = fields.get("where")
+        if isinstance(where, str) and where:  # the innermost line of a stack (loop.blocked)
+            line = line.removesuffix("; the code holding it:") + f"; at {where}"
+        line = line[:_DETAIL]
         self._events.append(Event(next(self._seq), self._clock(), event, resource, line,
                                   route if isinstance(route, str) else None,
                                   reason if isinstance(reason, str) else None))

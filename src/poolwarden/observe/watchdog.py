@@ -169,7 +169,8 @@ class Watchdog:
                     emit("loop.lagging", LOOP, f"the event loop runs {late:.3f}s late, busy with many "
                          "callbacks (CPU-bound or overloaded, no single call holds it)", lag=late)
                     continue
-                stall = Stall(late, _route(frame), _format(frame))
+                stack, where = _format(frame)
+                stall = Stall(late, _route(frame), stack)
             except Exception:  # a frame changing under us must never kill the watchdog
                 continue
             finally:
@@ -179,7 +180,7 @@ class Watchdog:
             route = f" serving {stall.route}" if stall.route else ""
             emit("loop.blocked", LOOP,
                  f"the event loop has been blocked for at least {late:.3f}s{route}; the code holding it:\n"
-                 f"{stall.stack}", blocked=late, route=stall.route)
+                 f"{stall.stack}", blocked=late, route=stall.route, where=where)
 
 
 def _callback(frame: FrameType | None) -> FrameType | None:
@@ -195,9 +196,13 @@ def _callback(frame: FrameType | None) -> FrameType | None:
     return None
 
 
-def _format(frame: FrameType) -> str:
+def _format(frame: FrameType) -> tuple[str, str]:
+    """The stack, and its innermost line (``file:line in function: code``) for one-line views."""
     summary = traceback.extract_stack(frame, limit=_STACK_LIMIT)
-    return "".join(summary.format())
+    last = summary[-1] if summary else None
+    where = "" if last is None else (f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} in {last.name}"
+                                     + (f": {last.line.strip()}" if last.line else ""))
+    return "".join(summary.format()), where
 
 
 def _route(frame: FrameType | None) -> str | None:

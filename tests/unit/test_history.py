@@ -156,3 +156,23 @@ async def test_a_blocked_loop_shows_the_line_holding_it_on_the_timeline() -> Non
     (event,) = history.snapshot()["events"]
     assert event["detail"] == ("blocked for at least 0.2s serving GET /x; at app.py:12 in report: "
                                "time.sleep(1)")
+
+
+async def test_the_dashboard_is_behind_the_operator_dependencies() -> None:
+    """With install(dependencies=...), the page, its data and its files all need the operator's token."""
+    from fastapi import Depends, Header, HTTPException
+
+    def operator(x_token: str = Header("")) -> None:
+        if x_token != "ok":
+            raise HTTPException(401)
+
+    warden, _ = _warden()
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, dashboard=True, dependencies=[Depends(operator)], prefix="/ops")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for path in ("/ops/poolwarden/dashboard", "/ops/poolwarden/dashboard/data",
+                         "/ops/poolwarden/dashboard/static/dashboard.js"):
+                assert (await client.get(path)).status_code == 401, path
+                assert (await client.get(path, headers={"x-token": "ok"})).status_code == 200, path

@@ -169,3 +169,25 @@ def test_any_url_gives_a_connector_or_client_or_a_config_error(url: str) -> None
             make()
         except ConfigError:
             pass
+
+
+CLIENT_KEYS = sorted(f for f in ClientConfig.__dataclass_fields__ if f != "options")
+
+
+@FAST
+@given(st.dictionaries(st.sampled_from([*CLIENT_KEYS, "max_size", "health_intreval"]), env_values,
+                       max_size=5))
+def test_any_client_environment_gives_a_valid_config_or_a_config_error_naming_the_variable(
+        values: dict[str, str]) -> None:
+    """A client's variables too: a config, or a ConfigError naming a variable that was set (a pool's
+    setting such as max_size is refused as such)."""
+    env = {f"POOLWARDEN_CACHE_{key.upper()}": value for key, value in values.items()}
+    try:
+        ClientConfig.from_settings("cache", {}, environ=env)
+        error = ""
+    except ConfigError as exc:
+        error = str(exc)
+    if "max_size" in values or "health_intreval" in values:
+        assert error
+    if error:
+        assert any(var in error for var in env), error

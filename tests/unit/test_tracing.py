@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from poolwarden import BackendDown, PoolOverloaded, PoolTimeout, Warden
 from poolwarden.observe import tracing
@@ -131,3 +132,38 @@ async def test_without_instrument_the_pool_has_no_listener() -> None:
     warden, _ = _warden()
     async with warden:
         assert warden["db"]._listeners == []
+
+
+async def test_a_slow_request_trace_shows_its_wait_for_the_pool(
+        spans: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    """Through OpenTelemetry's ASGI middleware, the request's server span has the acquire as a child,
+    lasting the time the request queued behind another one holding the only connection."""
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    provider, exporter = spans
+    warden, _ = _warden()
+    db = warden["db"]
+    tracing.instrument(warden, tracer_provider=provider)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, metrics=False)
+
+    @app.get("/hold")
+    async def hold(conn: object = db.connection) -> dict[str, bool]:  # a local alias: no Annotated here
+        await asyncio.sleep(0.2)
+        return {"ok": True}
+
+    traced = OpenTelemetryMiddleware(app, tracer_provider=provider)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=traced)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first, second = await asyncio.gather(client.get("/hold"), client.get("/hold"))
+    assert first.status_code == second.status_code == 200
+    finished = exporter.get_finished_spans()
+    servers = {s.context.span_id: s for s in finished if s.kind is SpanKind.SERVER}
+    acquires = [s for s in finished if s.name == "acquire db"]
+    assert len(acquires) == 2
+    assert all(a.parent is not None and a.parent.span_id in servers for a in acquires)
+    waits = sorted(float(a.attributes["poolwarden.acquire.wait"]) for a in acquires if a.attributes)
+    assert waits[0] < 0.05  # the first request found the connection free
+    assert waits[1] >= 0.15  # the second waited for it: visible in its own trace

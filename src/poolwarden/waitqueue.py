@@ -9,7 +9,7 @@ and the pool's hot path keeps its single C-level test.
 
 Queue control follows CoDel (RFC 8289: judge the queue by the time spent in it, not by its length)
 and Facebook's adaptive LIFO ("Fail at Scale", 2015): when the oldest waiter has been older than
-``target`` for a whole ``interval`` while more callers arrived than were served, the queue is
+``target`` for a whole ``interval`` while more callers arrived than left it, the queue is
 standing and growing - more waiting adds latency, not throughput - so the newest waiter is served
 first (its client is still there) and the oldest are shed: once queued for longer than
 ``interval``, when their deadline comes before the queue could drain, or when room is needed at the
@@ -85,10 +85,11 @@ class WaitQueue(deque[Waiter[T]]):
         self._rate = 0.0  # served per second while callers queued (EWMA over windows)
         self._window_start = 0.0
         self._window_served = 0
-        # since good_at: callers that came and callers served. A queue that stands but does not grow
-        # (a closed loop: each caller served comes back) is left first come, first served
+        # since good_at: callers that came, and callers that left (served, gave up, timed out). A
+        # queue that stands but does not grow (a closed loop: each caller that leaves comes back) is
+        # left first come, first served
         self._arrived = 0
-        self._served_since = 0
+        self._departed = 0
 
     # -- in and out ------------------------------------------------------------------------------
 
@@ -134,6 +135,7 @@ class WaitQueue(deque[Waiter[T]]):
             return False
         waiter.queued = False
         self.live -= 1
+        self._departed += 1
         self._tidy(now)
         return True
 
@@ -148,6 +150,7 @@ class WaitQueue(deque[Waiter[T]]):
             if waiter.queued:
                 waiter.queued = False
                 self.live -= 1
+                self._departed += 1
                 if not waiter.fut.done():
                     out.append(waiter)
         self.shed_counts["timeout"] += len(out)
@@ -238,7 +241,7 @@ class WaitQueue(deque[Waiter[T]]):
         sojourn = now - (waiter.deadline - waiter.limit)
         self.sojourn.observe(sojourn if sojourn > 0.0 else 0.0)
         self._window_served += 1
-        self._served_since += 1
+        self._departed += 1
         elapsed = now - self._window_start
         if elapsed >= 0.5:
             sample = self._window_served / elapsed
@@ -277,11 +280,11 @@ class WaitQueue(deque[Waiter[T]]):
 
     def _good(self, now: float) -> None:
         self.good_at = now
-        self._arrived = self._served_since = 0
+        self._arrived = self._departed = 0
 
     def _control(self, now: float) -> None:
         """CoDel's test on the oldest waiter: LIFO once it stood above target for an interval while
-        more callers came than were served (demand above what the pool serves, not a closed loop)."""
+        more callers came than left (demand above what the pool serves, not a closed loop)."""
         if not self.live:
             self._drained(now)
             return
@@ -289,7 +292,7 @@ class WaitQueue(deque[Waiter[T]]):
             self._good(now)
             self.mode = "fifo"
         elif (self.mode == "fifo" and now - self.good_at >= self.interval
-              and self._arrived > 1.1 * self._served_since):
+              and self._arrived > 1.1 * self._departed):
             self.mode = "lifo"
             self.lifo_switches += 1
 

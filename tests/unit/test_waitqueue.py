@@ -264,8 +264,29 @@ async def test_a_standing_queue_that_does_not_grow_stays_fifo() -> None:
         now += 0.005
         served = q.take(now)
         assert served is ws[0]
-        ws = ws[1:] + [waiter(now)]
+        ws = [*ws[1:], waiter(now)]
         q.push(ws[-1], now)
         assert mode(q) == "fifo"
     assert q.shed(now, rate=200.0) == []
     assert q.lifo_switches == 0
+
+
+async def test_callers_that_give_up_and_come_back_do_not_make_the_queue_grow() -> None:
+    """A closed loop whose callers sometimes cancel (and come back) is not overload: the cancelled
+    count as leaving, so the queue stays first come, first served."""
+    q = queue()
+    ws = [waiter(0.0) for _ in range(9)]
+    for w in ws:
+        q.push(w, 0.0)
+    now = 0.0
+    for i in range(200):
+        now += 0.005
+        if i % 2:
+            gone = ws.pop(3)  # a caller in the middle gives up
+            gone.fut.cancel()
+            assert q.discard(gone, now)
+        else:
+            assert q.take(now) is ws.pop(0)
+        ws.append(waiter(now))
+        q.push(ws[-1], now)
+        assert mode(q) == "fifo"

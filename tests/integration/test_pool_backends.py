@@ -458,8 +458,9 @@ async def test_burst_server_counts_match(backend: Backend) -> None:
             "error": asked["error"],
             "cancelled": sum(asked[kind] for kind in _CANCELLED),
         })
+        # a lease ended by a cancellation does not wait for its reset: it may still be running
+        assert await eventually(lambda: _true(db.stats().in_use == 0))
         stats = db.stats()
-        assert stats.in_use == 0
         assert db.leases() == []
         assert stats.waiting == 0
         assert stats.acquired == stats.released
@@ -482,8 +483,8 @@ async def test_pool_connections_work_after_burst(backend: Backend) -> None:
     # check_after_idle=None: no ping before lending, so a connection broken by a cancel would show
     async with backend.pool(max_size=8, min_size=1, check_after_idle=None) as db:
         await burst(backend, db, requests=300, concurrency=30, seed=2)
-        stats = db.stats()
-        assert stats.in_use == 0
+        # a lease ended by a cancellation does not wait for its reset: it may still be running
+        assert await eventually(lambda: _true(db.stats().in_use == 0))
         await eventually(lambda: _true(db.stats().connecting == 0))
         stats = db.stats()
         size, discarded = stats.size, stats.discarded

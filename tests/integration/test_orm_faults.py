@@ -151,7 +151,7 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
             started = time.monotonic()
             try:
                 async with orm.session_scope() as s:
-                    await s.execute(text("SELECT pg_sleep(0.02)"))
+                    await s.execute(text("SELECT pg_sleep(0.1)"))
                 results.append((started, None))
             except Exception as exc:
                 results.append((started, exc))
@@ -160,11 +160,15 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
         tasks = [asyncio.create_task(worker()) for _ in range(10)]
         try:
             await asyncio.sleep(0.5)
-            killed_at = time.monotonic()
-            killed = await pg_admin.fetchval(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ("
-                "  SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'"
-                "  AND query LIKE '%pg_sleep%' LIMIT 3) s", app)
+            killed = 0
+            for _ in range(40):  # a loaded machine may catch every backend between two queries
+                killed = await pg_admin.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM ("
+                    "  SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'"
+                    "  AND query LIKE '%pg_sleep%' LIMIT 3) s", app)
+                if killed:
+                    break
+                await asyncio.sleep(0.05)
             killed_by = time.monotonic()  # a request that started before this may be on a killed backend
             await asyncio.sleep(1.0)
         finally:
@@ -178,7 +182,7 @@ async def test_terminate_under_load_fails_only_requests_in_flight(
         for _, exc in failures:  # SQLAlchemy saw the disconnect (and poolwarden discarded the connection)
             assert isinstance(exc, DBAPIError), repr(exc)
             assert exc.connection_invalidated, repr(exc)
-        assert len([r for r in results if r[0] > killed_at]) > 50
+        assert len([r for r in results if r[0] > killed_by]) > 20
         assert orm.stats().discarded.get("disconnect") == killed
         await _until(lambda: _settled(orm, pg_admin, app), 5, "pool size == server connections")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
@@ -221,12 +221,13 @@ class AsyncSQLAlchemy(SQLAlchemyResource[AsyncSession]):
             finally:
                 sync_conn.close()
 
-        def cleanup() -> Awaitable[None]:
-            return greenlet_spawn(close_both)  # one switch into SQLAlchemy's sync side for both
-
         cleaned = True
         try:
-            await settle(cleanup, self.config.reset_timeout)
+            # One switch into SQLAlchemy's sync side for both, bounded. Cancelled or timed out half
+            # way, SQLAlchemy invalidates the connection and it is discarded below: no task of its
+            # own is needed to see the close through.
+            async with asyncio.timeout(self.config.reset_timeout):
+                await greenlet_spawn(close_both)
         except asyncio.CancelledError as exc:
             cleaned, error = False, error or exc
             failure = failure or exc

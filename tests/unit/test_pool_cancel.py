@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from poolwarden import PoolClosed, PoolTimeout, unwrap
+from poolwarden import LeaseEnded, PoolClosed, PoolTimeout, unwrap
 from poolwarden.testing import FakeConnector
 from tests.unit.test_pool import MakePool, acquire_task, assert_quiet, make_pool, settle, wait_until
 
@@ -241,3 +241,40 @@ async def test_keepalive_cancelled_by_close_loses_nothing(make_pool: MakePool) -
     s = pool.stats()
     assert (s.in_use, s.idle, s.connecting) == (0, 0, 0)
     assert connector.open_connections == []
+
+
+async def test_close_is_bounded_by_drain_timeout_plus_reset_timeout(make_pool: MakePool) -> None:
+    """A lease never returned and graceful closes that hang: close() still returns within
+    drain_timeout + min(drain_timeout, reset_timeout), with every connection terminated."""
+    connector = FakeConnector(close_delay=60)
+    pool = make_pool(connector, min_size=3, max_size=3, drain_timeout=0.2, reset_timeout=0.1)
+    await pool.open()
+    held = await pool.acquire()
+    start = time.monotonic()
+    abandoned = await pool.close()
+    took = time.monotonic() - start
+    assert 0.2 <= took < 0.2 + 0.1 + 0.1, took
+    assert len(abandoned) == 1
+    assert connector.open_connections == []
+    assert pool.state == "closed"
+    with pytest.raises(LeaseEnded):
+        await held.execute()
+
+
+async def test_two_closes_and_a_cancelled_third_share_one_drain(make_pool: MakePool) -> None:
+    """Concurrent closes wait for the same drain and report the same lease; cancelling one waiting
+    caller changes nothing for the others."""
+    connector = FakeConnector()
+    pool = make_pool(connector, min_size=2, max_size=2, drain_timeout=0.2)
+    await pool.open()
+    held = await pool.acquire()
+    first, second, third = (asyncio.create_task(pool.close()) for _ in range(3))
+    await asyncio.sleep(0.05)
+    third.cancel()
+    results = await asyncio.gather(first, second, third, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert results[0] == results[1]
+    assert len(results[0]) == 1  # type: ignore[arg-type]
+    assert connector.open_connections == []
+    with pytest.raises(LeaseEnded):
+        await held.execute()

@@ -331,13 +331,26 @@ class Warden:
         """Drain every resource, in reverse declaration order; returns the leases abandoned."""
         self.draining = True  # /readyz turns red before anything is refused
         abandoned: dict[str, list[LeaseInfo]] = {}
-        for resource in reversed(list(self._declared.values())):
-            left = await resource.close()
-            self._closed(resource)
-            if left:
-                abandoned[resource.name] = left
-        if self.watchdog is not None:
-            self.watchdog.stop()
+        remaining = list(reversed(list(self._declared.values())))
+        try:
+            while remaining:
+                left = await remaining[0].close()
+                resource = remaining.pop(0)
+                self._closed(resource)
+                if left:
+                    abandoned[resource.name] = left
+        except BaseException:
+            # cancelled (a second Ctrl-C): the one being closed has ended itself at once; the ones
+            # after it must not stay open, so they end at once too, then the cancellation goes on
+            for resource in remaining:
+                abort = getattr(resource, "_abort_now", None)
+                if abort is not None:
+                    abort()
+                self._closed(resource)
+            raise
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
         return abandoned
 
     @asynccontextmanager

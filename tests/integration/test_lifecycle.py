@@ -294,3 +294,18 @@ async def test_sqlite_cancelled_close_at_every_await_stops_every_worker_thread(t
     while threading.active_count() > before:
         assert time.monotonic() < deadline, "aiosqlite worker threads left running"
         await asyncio.sleep(0.05)
+
+
+async def test_a_cancelled_warden_close_closes_every_resource(private_pg: PrivatePostgres) -> None:
+    """Cancelling the lifespan's shutdown while the last-declared pool drains ends that pool at once
+    and every resource after it too: nothing stays open, nothing stays connected."""
+    warden = Warden()
+    first = warden.pool("first", private_pg.url, min_size=2, max_size=2)
+    second = warden.pool("second", private_pg.url, min_size=2, max_size=2, drain_timeout=5)
+    await warden.open()
+    lease = await second.acquire()  # the drain of "second" (closed first) waits for it
+    assert await cancel_after(20, warden.close())
+    assert (first.state, second.state) == ("closed", "closed")
+    with pytest.raises(LeaseEnded):
+        await lease.execute("SELECT 1")
+    await _assert_no_connections(private_pg)

@@ -476,3 +476,26 @@ async def test_one_rollback_at_most_per_lease(orm: SQLAlchemyResource[Any]) -> N
     assert rollbacks == 0
     assert orm.bridge._reset_on_return is ResetStyle.reset_none
     assert orm.bridge._pre_ping is False
+
+
+async def test_a_session_held_too_long_is_reported_with_its_route(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """leak_threshold: a session dependency held past it is reported naming the route and the stack."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="poolwarden")
+    warden = Warden()
+    orm = warden.sqlalchemy("db", f"sqlite+aiosqlite:///{tmp_path}/leak.db", leak_threshold=0.05)
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow(s: Annotated[AsyncSession, orm.session]) -> int:
+        await asyncio.sleep(0.4)
+        return int(await s.scalar(text("SELECT 1")) or 0)
+
+    transport = httpx.ASGITransport(app=app)
+    async with warden, httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/slow")).status_code == 200
+    leaks = [r.getMessage() for r in caplog.records if getattr(r, "poolwarden.event", "") == "leak.suspected"]
+    assert leaks, [r.getMessage() for r in caplog.records]
+    assert "GET /slow" in leaks[0]

@@ -13,7 +13,6 @@ from fastapi import Depends, Request
 from fastapi import params as fastapi_params
 
 from poolwarden.errors import ConfigError
-from poolwarden.observe.leaks import current_route
 
 if TYPE_CHECKING:
     from poolwarden.orm.resource import SQLAlchemyResource
@@ -32,22 +31,12 @@ def session_dependency(orm: SQLAlchemyResource[Any], *, release: Literal["endpoi
     leak_on = orm.config.leak_threshold is not None
 
     async def session(request: Request) -> AsyncIterator[Any]:
-        token = None
+        route = None
         if leak_on:
-            route = request.scope.get("route")
-            token = current_route.set(f"{request.method} {getattr(route, 'path', request.url.path)}")
-        try:
-            handle = await orm.acquire()
-        finally:
-            if token is not None:
-                current_route.reset(token)
-        sess, conn, lease = await orm._orm_begin(handle)
-        try:
+            found = request.scope.get("route")
+            route = f"{request.method} {getattr(found, 'path', request.url.path)}"
+        async with orm._orm_scope(transaction, route) as sess:
             yield sess
-        except BaseException as exc:
-            await orm._orm_end(handle, sess, conn, lease, commit=False, error=exc)
-            raise
-        await orm._orm_end(handle, sess, conn, lease, commit=transaction, error=None)
 
     session.__name__ = f"{orm.name}_{'transaction' if transaction else 'session'}"
     scope: Literal["function", "request"] = "function" if release == "endpoint" else "request"

@@ -24,6 +24,7 @@ from poolwarden.connectors import connector_for
 from poolwarden.connectors.base import Connector
 from poolwarden.errors import ConfigError, TransactionFailed
 from poolwarden.handle import unwrap
+from poolwarden.observe.leaks import current_route
 from poolwarden.orm.bridge import ConnectionDropped, Lease, WardenPool
 from poolwarden.orm.sessions import ENDED, guarded, settle
 from poolwarden.sync import connector_for as sync_connector_for
@@ -130,8 +131,14 @@ class SQLAlchemyResource(Resource[Any], Generic[S]):
         return self._orm_scope(transaction)
 
     @asynccontextmanager
-    async def _orm_scope(self, transaction: bool) -> AsyncIterator[S]:
-        handle = await self.acquire()
+    async def _orm_scope(self, transaction: bool, route: str | None = None) -> AsyncIterator[S]:
+        """The session's whole life; ``route`` names the request in leak reports."""
+        token = None if route is None else current_route.set(route)
+        try:
+            handle = await self.acquire()
+        finally:
+            if token is not None:
+                current_route.reset(token)
         session, conn, lease = await self._orm_begin(handle)
         try:
             yield session

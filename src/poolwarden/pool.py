@@ -253,7 +253,7 @@ class Pool(PoolUpkeep[C]):
             ready=self.ready, optional=self.config.optional,
             refused={"timeout": self._timeouts, "overloaded": self._overloaded,
                      "backend_down": self._refused["backend_down"], "closed": self._refused["closed"]},
-            queue_mode=self._waiters.mode, queue_bound=self._queue_bound(),
+            queue_mode=self._waiters.steer(now), queue_bound=self._queue_bound(),
             shed=dict(self._waiters.shed_counts), queue_time=self._waiters.sojourn.snapshot(),
         )
 
@@ -342,7 +342,9 @@ class Pool(PoolUpkeep[C]):
         if self._breaker.is_open:
             raise self._down_error()
         now = _monotonic()
-        bound = self._queue_bound()
+        bound = self.config.max_waiting
+        if bound is None:
+            bound = QUEUE_PER_CONNECTION * self._max_size
         if bound and waiters.live >= bound and not front:
             # full: while the queue stands the oldest waiter (served last) gives up its place,
             # otherwise the newcomer is refused at once
@@ -355,7 +357,8 @@ class Pool(PoolUpkeep[C]):
                     resource=self.name, retry_after=self._drain_hint(now))
             bumped.fut.set_exception(self._shed_error(bumped, now))
         loop = self._loop or asyncio.get_running_loop()
-        waiter: Waiter[_Record[C]] = Waiter(loop.create_future(), deadline, limit)
+        waiter: Waiter[_Record[C]] = _new(Waiter)  # slots filled here: no __init__ call per acquire
+        waiter.fut, waiter.deadline, waiter.limit = loop.create_future(), deadline, limit
         waiters.push(waiter, now, front=front)
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)

@@ -1,9 +1,10 @@
 """The queue of callers waiting for a connection: arrival order, deadlines in a heap, adaptive LIFO.
 
 Every operation costs the same at 50,000 waiters as at 10: arrival order is a deque, deadlines a
-binary heap of the same waiter objects, and a waiter that leaves (cancelled, timed out, served) is
-only marked, never searched for. Marked entries are dropped when they reach an end of the deque or
-the top of the heap, and both are rebuilt once the dead outnumber the living (amortised O(1)).
+binary heap of ``(deadline, id, waiter)`` entries (compared in C), and a waiter that leaves
+(cancelled, timed out, served) is only marked, never searched for. Marked entries are dropped when
+they reach an end of the deque or the top of the heap, and both are rebuilt once the dead outnumber
+the living (amortised O(1)).
 Both ends of the deque are always live waiters, so the deque's own truthiness says "someone waits"
 and the pool's hot path keeps its single C-level test.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from bisect import bisect_left as _bisect
 from collections import deque
 from heapq import heapify, heappop, heappush
 from typing import Any, Generic, Literal, TypeVar
@@ -48,7 +50,7 @@ _SLACK = 64  # dead entries tolerated before a rebuild is considered
 class Waiter(Generic[T]):
     """A caller queued for a connection: its future and when it gives up.
 
-    Ordered by deadline (for the heap); ``deadline - limit`` is when it started waiting.
+    ``deadline - limit`` is when it started waiting.
     """
 
     __slots__ = ("deadline", "fut", "limit", "queued")
@@ -59,9 +61,6 @@ class Waiter(Generic[T]):
         self.limit = limit
         self.queued = False  # counted in WaitQueue.live; whoever clears it takes it off the count
 
-    def __lt__(self, other: Waiter[T]) -> bool:
-        return self.deadline < other.deadline
-
 
 class WaitQueue(deque[Waiter[T]]):
     """Waiters in arrival order (the deque itself) plus their deadlines (``heap``).
@@ -70,9 +69,13 @@ class WaitQueue(deque[Waiter[T]]):
     only: ``len()`` also counts waiters marked gone in the middle, :attr:`live` does not.
     """
 
+    __slots__ = ("_arrived", "_departed", "_rate", "_window_served", "_window_start", "adaptive",
+                 "good_at", "heap", "interval", "lifo_switches", "live", "mode", "shed_counts",
+                 "sojourn", "target")
+
     def __init__(self, *, adaptive: bool = True, target: float = 0.005, interval: float = 0.1) -> None:
         super().__init__()
-        self.heap: list[Waiter[T]] = []
+        self.heap: list[tuple[float, int, Waiter[T]]] = []
         self.live = 0
         self.adaptive = adaptive
         self.target = target
@@ -94,27 +97,41 @@ class WaitQueue(deque[Waiter[T]]):
     # -- in and out ------------------------------------------------------------------------------
 
     def push(self, waiter: Waiter[T], now: float, *, front: bool = False) -> None:
-        """Queue ``waiter``; ``front`` puts it first (a caller that keeps its place in line)."""
+        """Queue ``waiter``; ``front`` puts it first (a caller that keeps its place in line).
+
+        The switch to LIFO is decided where the mode is used (:meth:`take`, :meth:`make_room`,
+        :meth:`steer`): a push is on every queued acquire and must stay cheap."""
         if not self.live:
             self._good(now)
             if now - self._window_start > 1.0:  # the queue was empty: no drain was measured
                 self._window_start, self._window_served = now, 0
         waiter.queued = True
         self.live += 1
-        if not front:  # front: an earlier caller that keeps its place, not a new one
-            self._arrived += 1
-        if front:
+        if front:  # an earlier caller that keeps its place, not a new one
             self.appendleft(waiter)
         else:
+            self._arrived += 1
             self.append(waiter)
-        heappush(self.heap, waiter)
-        if self.adaptive:
-            self._control(now)
+        heappush(self.heap, (waiter.deadline, id(waiter), waiter))
+        if self.adaptive:  # only the cheap half of the controller: is the queue still good?
+            oldest = self[0]
+            if now - oldest.deadline + oldest.limit <= self.target:
+                self.good_at = now
+                self._arrived = self._departed = 0
+                self.mode = "fifo"
 
     def take(self, now: float) -> Waiter[T] | None:
-        """The waiter to serve next (oldest first; newest first while the queue stands), or None."""
+        """The waiter to serve next (oldest first; newest first while the queue stands), or None.
+
+        Flat on purpose: it runs on every hand-off of a returned connection to a waiter."""
         if self.adaptive and self:
-            self._control(now)
+            oldest = self[0]
+            if now - oldest.deadline + oldest.limit <= self.target:  # good: _control's first half
+                self.good_at = now
+                self._arrived = self._departed = 0
+                self.mode = "fifo"
+            elif self.mode == "fifo":
+                self._control(now)
         lifo = self.mode == "lifo"
         while self:
             waiter = self.pop() if lifo else self.popleft()
@@ -124,10 +141,35 @@ class WaitQueue(deque[Waiter[T]]):
             self.live -= 1
             if waiter.fut.done():  # cancelled, its task not yet run to take it off
                 continue
-            self._served(waiter, now)
+            sojourn = now - waiter.deadline + waiter.limit
+            hist = self.sojourn
+            hist.counts[_bisect(hist.bounds, sojourn)] += 1
+            hist.count += 1
+            hist.sum += sojourn if sojourn > 0.0 else 0.0
+            self._departed += 1
+            self._window_served += 1
+            if now - self._window_start >= 0.5:
+                self._close_window(now)
+            if self.live:
+                if lifo:
+                    while not self[-1].queued:
+                        self.pop()
+                else:
+                    while not self[0].queued:
+                        self.popleft()
+                if len(self) > 2 * self.live + _SLACK or len(self.heap) > 2 * self.live + _SLACK:
+                    self._tidy(now, steer=False)
+            else:
+                self._tidy(now)
             return waiter
         self._drained(now)
         return None
+
+    def steer(self, now: float) -> QueueMode:
+        """The mode as of ``now`` (the controller runs on use; this is for stats)."""
+        if self.adaptive:
+            self._control(now)
+        return self.mode
 
     def discard(self, waiter: Waiter[T], now: float) -> bool:
         """Take a waiter that gave up off the count; O(1). False when it had already left."""
@@ -144,8 +186,8 @@ class WaitQueue(deque[Waiter[T]]):
         heap = self.heap
         out: list[Waiter[T]] = []
         pops = 0
-        while heap and heap[0].deadline <= now and pops < budget * 4 and len(out) < budget:
-            waiter = heappop(heap)
+        while heap and heap[0][0] <= now and pops < budget * 4 and len(out) < budget:
+            waiter = heappop(heap)[2]
             pops += 1
             if waiter.queued:
                 waiter.queued = False
@@ -214,9 +256,9 @@ class WaitQueue(deque[Waiter[T]]):
     def next_due(self) -> float:
         """When the reaper must run next: the earliest deadline (inf when nobody waits)."""
         heap = self.heap
-        while heap and not heap[0].queued:
+        while heap and not heap[0][2].queued:
             heappop(heap)
-        return heap[0].deadline if heap else float("inf")
+        return heap[0][0] if heap else float("inf")
 
     def next_shed(self) -> float:
         """When the oldest waiter passes the sojourn limit while the queue stands (else inf)."""
@@ -237,20 +279,16 @@ class WaitQueue(deque[Waiter[T]]):
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
-    def _served(self, waiter: Waiter[T], now: float) -> None:
-        sojourn = now - (waiter.deadline - waiter.limit)
-        self.sojourn.observe(sojourn if sojourn > 0.0 else 0.0)
-        self._window_served += 1
-        self._departed += 1
-        elapsed = now - self._window_start
-        if elapsed >= 0.5:
-            sample = self._window_served / elapsed
-            self._rate = sample if self._rate == 0.0 else 0.7 * self._rate + 0.3 * sample
-            self._window_start, self._window_served = now, 0
-        self._tidy(now)
+    def _close_window(self, now: float) -> None:
+        sample = self._window_served / (now - self._window_start)
+        self._rate = sample if self._rate == 0.0 else 0.7 * self._rate + 0.3 * sample
+        self._window_start, self._window_served = now, 0
 
-    def _tidy(self, now: float) -> None:
-        """Keep both ends live, rebuild when the dead outnumber the living, steer the mode."""
+    def _tidy(self, now: float, *, steer: bool = True) -> None:
+        """Keep both ends live, rebuild when the dead outnumber the living, steer the mode.
+
+        Served waiters stay in the heap until the reaper looks at its top (``next_due``) or a
+        rebuild: dropping each one at once would cost a heap pop per hand-off."""
         while self and not self[0].queued:
             self.popleft()
         while self and not self[-1].queued:
@@ -266,12 +304,10 @@ class WaitQueue(deque[Waiter[T]]):
             self.clear()
             self.extend(kept)
         heap = self.heap
-        while heap and not heap[0].queued:
-            heappop(heap)
         if len(heap) > 2 * live + _SLACK:
-            heap[:] = [w for w in heap if w.queued]
+            heap[:] = [entry for entry in heap if entry[2].queued]
             heapify(heap)
-        if self.adaptive:
+        if steer and self.adaptive:
             self._control(now)
 
     def _drained(self, now: float) -> None:
@@ -288,8 +324,10 @@ class WaitQueue(deque[Waiter[T]]):
         if not self.live:
             self._drained(now)
             return
-        if self.oldest_sojourn(now) <= self.target:
-            self._good(now)
+        oldest = self[0]
+        if now - oldest.deadline + oldest.limit <= self.target:
+            self.good_at = now
+            self._arrived = self._departed = 0
             self.mode = "fifo"
         elif (self.mode == "fifo" and now - self.good_at >= self.interval
               and self._arrived > 1.1 * self._departed):

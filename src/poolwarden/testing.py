@@ -156,7 +156,8 @@ class FakeConnector:
         self.pings += 1
         if self.ping_delay:
             await asyncio.sleep(self.ping_delay)
-        while self.hang_ping and not conn.closed:  # a stalled network: only cutting the socket ends it
+        # a stalled network: only cutting the socket ends it (polled: close() sets no event to wait on)
+        while self.hang_ping and not conn.closed:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         conn._check()
         if self.fail_pings:

@@ -47,6 +47,7 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "cli": ("cli", (), ("postgres",)),
     "all": ("all", (), ("postgres",)),
     "docs": ("docs", (), ()),
+    "pytest_plugin": ("sqlite", ("pytest",), ()),  # the plugin loads in a user's test suite
 }
 
 

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("url", metavar="URL", help="the service, e.g. http://127.0.0.1:8000")
     top.add_argument("--interval", type=_seconds, default=1.0, help="seconds between refreshes (default: 1)")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("-H", "--header", action="append", default=[], metavar="NAME:VALUE",
+                     help="send this header, e.g. 'Authorization: Bearer ...' for operator routes behind "
+                          "install(dependencies=...); repeatable; POOLWARDEN_TOP_HEADER is read too, so "
+                          "a token need not appear in the process list. Values are never printed")
     top.set_defaults(run=_top)
 
     demo = sub.add_parser("demo", help="run the example notes service",
@@ -269,6 +274,16 @@ def _top(args: argparse.Namespace) -> int:
         return 2
     url = target.url()
     shown = top.clean(target.redacted, 200)
+    headers: dict[str, str] = {}
+    for raw in [*args.header, *filter(None, [os.environ.get("POOLWARDEN_TOP_HEADER")])]:
+        name, sep, value = raw.partition(":")
+        name = name.strip()
+        if not sep or not name or any(c.isspace() for c in name) or any(c in value for c in "\r\n"):
+            # nothing of it is echoed: a malformed header may be the token itself
+            print("poolwarden top: a header must be NAME:VALUE, e.g. 'Authorization: Bearer ...'",
+                  file=sys.stderr)
+            return 2
+        headers[name] = value.strip()
     auth = (httpx.BasicAuth(target.username or "", target.password or "")
             if target.username is not None or target.password is not None else None)
 
@@ -287,7 +302,7 @@ def _top(args: argparse.Namespace) -> int:
         reason = str(exc) if isinstance(exc, top.Garbage) else type(exc).__name__
         return f"poolwarden top: cannot read {shown}: {reason}"
 
-    with httpx.Client(timeout=max(args.interval, 2.0), auth=auth) as client:
+    with httpx.Client(timeout=max(args.interval, 2.0), auth=auth, headers=headers) as client:
         try:
             frame = read(client)
         except Exception as exc:

@@ -220,10 +220,26 @@ def _wait_until_up(proc: subprocess.Popen[str], base: str, timeout: float = 30) 
     raise AssertionError(f"{base} did not come up within {timeout}s")
 
 
+GUARDED = textwrap.dedent("""
+    from fastapi import Depends, FastAPI, Header, HTTPException
+    from poolwarden import Warden
+
+    def operator(authorization: str = Header("")) -> None:
+        if authorization != "Bearer s3cr3t-token":
+            raise HTTPException(401)
+
+    warden = Warden()
+    db = warden.pool("db", {url!r}, min_size=1, max_size=4)
+    app = FastAPI(lifespan=warden.lifespan)
+    warden.install(app, dependencies=[Depends(operator)])
+""")
+
+
 @pytest.fixture
-def server(tmp_path: Path, sqlite_url: str) -> Iterator[str]:
+def server(tmp_path: Path, sqlite_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A uvicorn server running a tiny app with one SQLite pool; yields its base URL."""
-    (tmp_path / "tinyapp.py").write_text(APP.format(url=sqlite_url))
+    source = GUARDED if getattr(request, "param", "") == "guarded" else APP
+    (tmp_path / "tinyapp.py").write_text(source.format(url=sqlite_url))
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "tinyapp:app", "--app-dir", str(tmp_path), "--port", str(port),
@@ -254,6 +270,26 @@ def test_top_once_shows_the_pool_row(server: str) -> None:
     assert row.split()[3:6] == ["0/4", "1", "0"]  # used/max, idle, queued
     assert "poolwarden top" in result.stdout
     assert max(len(line) for line in lines) <= 80
+
+
+@pytest.mark.parametrize("server", ["guarded"], indirect=True)
+def test_top_sends_headers_for_operator_routes_behind_a_dependency(server: str) -> None:
+    """Operator routes behind install(dependencies=...): top without the token gets HTTP 401, with
+    --header (or POOLWARDEN_TOP_HEADER) it shows the pools, and the token is printed nowhere."""
+    refused = run("top", server, "--once")
+    assert refused.returncode == 1
+    assert "HTTP 401" in refused.stderr
+    allowed = run("top", server, "--once", "-H", "Authorization: Bearer s3cr3t-token")
+    assert allowed.returncode == 0, allowed
+    assert any(line.split()[:2] == ["db", "ready"] for line in allowed.stdout.splitlines())
+    env = {**os.environ, "POOLWARDEN_TOP_HEADER": "Authorization: Bearer s3cr3t-token"}
+    from_env = subprocess.run([*_command(), "top", server, "--once"], capture_output=True, text=True,
+                              timeout=60, env=env)
+    assert from_env.returncode == 0, from_env
+    bad = run("top", server, "--once", "-H", "Bearer s3cr3t-token")
+    assert bad.returncode == 2
+    for result in (refused, allowed, from_env, bad):
+        assert "s3cr3t" not in result.stdout + result.stderr
 
 
 def test_top_unreachable_exits_1() -> None:

@@ -10,15 +10,17 @@ and the pool's hot path keeps its single C-level test.
 
 Queue control follows CoDel (RFC 8289: judge the queue by the time spent in it, not by its length)
 and Facebook's adaptive LIFO ("Fail at Scale", 2015): when the oldest waiter has been older than
-``target`` for a whole ``interval`` while more callers arrived than left it, the queue is
-standing and growing - more waiting adds latency, not throughput - so the newest waiter is served
-first (its client is still there) and the oldest are shed: once queued for longer than
-``interval``, when their deadline comes before the queue could drain, or when room is needed at the
-bound. As soon as the queue drains (empty, or its oldest waiter younger than ``target`` again) it is
-first come, first served again. A queue that stands without growing (a closed loop of workers, each
-coming back once served) stays first come, first served. A burst that keeps the queue standing and
-growing for longer than ``interval`` is overload by this definition: batch-like services that would
-rather wait raise ``queue_interval`` or turn adaptive control off.
+``target`` since the queue formed and, over a whole ``interval`` after the one that formed it,
+more callers arrived than left (by 10% and a margin), the queue has piled up by half what it held
+when it formed, and it holds more than the pool serves in an interval, demand outruns the pool -
+more waiting adds latency, not throughput - so the newest waiter is served first (its client is
+still there) and the oldest are shed: once queued for longer than ``interval`` (at that arrival
+rate they would never be reached), when their deadline comes before the queue could drain, or when
+room is needed at the bound. It is first come, first served again at the end of an interval in
+which the queue did not grow, when it holds no more than an interval of work, or as soon as it
+drains (empty, or its oldest waiter younger than ``target``). A queue that stands without growing
+(a closed loop of workers, each coming back once served, even after the burst that formed it) stays
+first come, first served and is never shed: FIFO serves it within the wait bound.
 
 Nothing here reads a clock: every method takes ``now``, so the controller is tested on a fake one.
 """
@@ -45,6 +47,9 @@ BATCH = 256
 #: ``max_waiting=None`` bounds the queue at this many waiters per connection of ``max_size``.
 QUEUE_PER_CONNECTION = 20
 _SLACK = 64  # dead entries tolerated before a rebuild is considered
+#: An interval shows growth when more than this many callers, and 10% more, came than left: a
+#: closed loop whose connections stall (nobody served while a few holders come back) is not overload.
+_GROWTH_MARGIN = 2
 
 
 class Waiter(Generic[T]):
@@ -69,9 +74,9 @@ class WaitQueue(deque[Waiter[T]]):
     only: ``len()`` also counts waiters marked gone in the middle, :attr:`live` does not.
     """
 
-    __slots__ = ("_arrived", "_departed", "_rate", "_window_served", "_window_start", "adaptive",
-                 "good_at", "heap", "interval", "lifo_switches", "live", "mode", "shed_counts",
-                 "sojourn", "target")
+    __slots__ = ("_arrived", "_base", "_departed", "_excess", "_forming", "_rate", "_trend", "_trend_end",
+                 "_window_served", "_window_start", "adaptive", "good_at", "heap", "interval",
+                 "lifo_switches", "live", "mode", "shed_counts", "sojourn", "target")
 
     def __init__(self, *, adaptive: bool = True, target: float = 0.005, interval: float = 0.1) -> None:
         super().__init__()
@@ -88,11 +93,16 @@ class WaitQueue(deque[Waiter[T]]):
         self._rate = 0.0  # served per second while callers queued (EWMA over windows)
         self._window_start = 0.0
         self._window_served = 0
-        # since good_at: callers that came, and callers that left (served, gave up, timed out). A
-        # queue that stands but does not grow (a closed loop: each caller that leaves comes back) is
-        # left first come, first served
+        # per interval since good_at: callers that came (refused ones too: demand), and callers that
+        # left (served, gave up, timed out; not the shed). A queue that stands but does not grow (a
+        # closed loop: each caller that leaves comes back) is left first come, first served
         self._arrived = 0
         self._departed = 0
+        self._trend_end = 0.0  # end of the current interval
+        self._forming = True  # the first interval after good_at: a burst forming the queue, not a trend
+        self._trend = 0  # verdict of the last whole interval: 1 grew, -1 did not grow, 0 none yet
+        self._base = 0  # waiters when the forming interval ended
+        self._excess = 0  # callers that came minus callers that left since then
 
     # -- in and out ------------------------------------------------------------------------------
 
@@ -105,6 +115,8 @@ class WaitQueue(deque[Waiter[T]]):
             self._good(now)
             if now - self._window_start > 1.0:  # the queue was empty: no drain was measured
                 self._window_start, self._window_served = now, 0
+        elif now >= self._trend_end and self.adaptive:  # an interval ended: judge it before counting
+            self._control(now)
         waiter.queued = True
         self.live += 1
         if front:  # an earlier caller that keeps its place, not a new one
@@ -116,8 +128,7 @@ class WaitQueue(deque[Waiter[T]]):
         if self.adaptive:  # only the cheap half of the controller: is the queue still good?
             oldest = self[0]
             if now - oldest.deadline + oldest.limit <= self.target:
-                self.good_at = now
-                self._arrived = self._departed = 0
+                self._good(now)
                 self.mode = "fifo"
 
     def take(self, now: float) -> Waiter[T] | None:
@@ -127,10 +138,9 @@ class WaitQueue(deque[Waiter[T]]):
         if self.adaptive and self:
             oldest = self[0]
             if now - oldest.deadline + oldest.limit <= self.target:  # good: _control's first half
-                self.good_at = now
-                self._arrived = self._departed = 0
+                self._good(now)
                 self.mode = "fifo"
-            elif self.mode == "fifo":
+            elif self.mode == "fifo" or now >= self._trend_end:
                 self._control(now)
         lifo = self.mode == "lifo"
         while self:
@@ -139,7 +149,8 @@ class WaitQueue(deque[Waiter[T]]):
                 continue
             waiter.queued = False
             self.live -= 1
-            if waiter.fut.done():  # cancelled, its task not yet run to take it off
+            if waiter.fut.done():  # cancelled, its task not yet run to take it off: it left
+                self._departed += 1
                 continue
             sojourn = now - waiter.deadline + waiter.limit
             hist = self.sojourn
@@ -248,8 +259,9 @@ class WaitQueue(deque[Waiter[T]]):
         return out
 
     def refused(self) -> None:
-        """Count a caller refused at once because the queue was full."""
+        """Count a caller refused at once because the queue was full (demand all the same)."""
         self.shed_counts["full"] += 1
+        self._arrived += 1
 
     # -- what the pool asks ----------------------------------------------------------------------
 
@@ -317,22 +329,53 @@ class WaitQueue(deque[Waiter[T]]):
     def _good(self, now: float) -> None:
         self.good_at = now
         self._arrived = self._departed = 0
+        self._trend_end = now + self.interval
+        self._forming = True
+        self._trend = 0
+        self._excess = 0
 
     def _control(self, now: float) -> None:
-        """CoDel's test on the oldest waiter: LIFO once it stood above target for an interval while
-        more callers came than left (demand above what the pool serves, not a closed loop)."""
+        """LIFO while demand outruns the pool; FIFO otherwise.
+
+        CoDel's test on the oldest waiter (above target since good_at), then, judged once per
+        interval: LIFO when, in the last whole interval after the one that formed the queue, more
+        callers came than left (by 10% and more than _GROWTH_MARGIN), the queue has grown by half
+        what it held when it formed (a closed loop jitters around its population, demand above
+        what the pool serves piles up), and it holds more than the pool serves in an interval
+        (FIFO would not serve it within the sojourn limit that LIFO sheds at). Back to FIFO at the
+        end of an interval in which the queue did not grow, or when it holds no more than an
+        interval of work. A closed loop (each caller served comes back) never grows past its
+        forming burst, and is never shed; a burst is not a trend."""
         if not self.live:
             self._drained(now)
             return
         oldest = self[0]
         if now - oldest.deadline + oldest.limit <= self.target:
-            self.good_at = now
-            self._arrived = self._departed = 0
+            self._good(now)
             self.mode = "fifo"
-        elif (self.mode == "fifo" and now - self.good_at >= self.interval
-              and self._arrived > 1.1 * self._departed):
-            self.mode = "lifo"
-            self.lifo_switches += 1
+            return
+        if now < self._trend_end:
+            return
+        arrived, departed = self._arrived, self._departed
+        self._arrived = self._departed = 0
+        end = self._trend_end + self.interval
+        self._trend_end = end if end > now else now + self.interval
+        if self._forming:  # the burst that formed the queue says nothing of the demand
+            self._forming = False
+            self._base = self.live
+            return
+        self._excess += arrived - departed
+        if arrived > 1.1 * departed + _GROWTH_MARGIN and self._excess > self._base // 2:
+            self._trend = 1
+        else:
+            self._trend = -1 if arrived <= departed else 0
+        work = self.drain_rate(now) * self.interval  # what the pool serves in an interval
+        if self.mode == "fifo":
+            if self._trend == 1 and self.live > work:
+                self.mode = "lifo"
+                self.lifo_switches += 1
+        elif self._trend == -1 or self.live <= work:
+            self.mode = "fifo"
 
 
 def fail_in_batches(loop: asyncio.AbstractEventLoop, waiters: list[Waiter[Any]],

@@ -137,24 +137,29 @@ async def test_retry_after_comes_from_the_measured_drain_rate(make_pool: MakePoo
 
 
 async def test_standing_queue_serves_newest_first_then_fifo_again(make_pool: MakePool) -> None:
-    """Once the queue has stood above target for an interval the newest waiter is served first and
-    those queued longer than the interval are shed; after it drains, arrival order again."""
+    """Once the queue has stood above target and grown over a whole interval after the one that
+    formed it, the newest waiter is served first and those queued longer than the interval are
+    shed; after it drains, arrival order again."""
     pool = make_pool(min_size=1, max_size=1, acquire_timeout=5, queue_target=0.001, queue_interval=0.2)
     await pool.open()
     held = await pool.acquire()
     (stale,) = await queue_up(pool, 1)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.25)  # past the interval that formed the queue: its trend is judged
+    (grower,) = await queue_up(pool, 1)  # callers keep coming while nobody is served
+    await asyncio.sleep(0.08)
     middle = await queue_up(pool, 2)
-    await asyncio.sleep(0.11)
-    (newest,) = await queue_up(pool, 1)  # the queue has stood and grown for 210 ms: LIFO
+    await asyncio.sleep(0.08)
+    (newest,) = await queue_up(pool, 1)  # the queue has stood and grown for an interval: LIFO
     assert pool.stats().queue_mode == "lifo"
     await pool.release(held)
     await pool.release(await asyncio.wait_for(newest, 1))  # newest first
     with pytest.raises(PoolOverloaded, match="shed after waiting"):
-        await stale  # 210 ms in the queue, longer than the interval
+        await stale  # 410 ms in the queue, longer than the interval
     assert not middle[0].done()
     await pool.release(await middle[1])
     await pool.release(await middle[0])
+    assert not grower.done()
+    await pool.release(await grower)
     assert pool.stats().queue_mode == "fifo"
     assert pool.stats().shed["overload"] == 1
     # drained: first come, first served again
@@ -176,21 +181,22 @@ async def test_standing_queue_serves_newest_first_then_fifo_again(make_pool: Mak
 
 async def test_full_standing_queue_sheds_the_oldest_for_a_newcomer(make_pool: MakePool) -> None:
     """At the bound while the queue stands, the oldest waiter gets PoolOverloaded, not the newcomer."""
-    pool = make_pool(min_size=1, max_size=1, max_waiting=2, acquire_timeout=5, queue_target=0.001,
-                     queue_interval=0.2)
+    pool = make_pool(min_size=1, max_size=1, max_waiting=4, acquire_timeout=5, queue_target=0.001,
+                     queue_interval=0.1)
     await pool.open()
     held = await pool.acquire()
     (oldest,) = await queue_up(pool, 1)
-    await asyncio.sleep(0.1)
-    (second,) = await queue_up(pool, 1)
-    await asyncio.sleep(0.11)
-    newcomer = asyncio.create_task(pool._acquire(None))  # full, and the queue stood 210 ms
+    await asyncio.sleep(0.15)
+    seconds = await queue_up(pool, 3)
+    await asyncio.sleep(0.06)
+    newcomer = asyncio.create_task(pool._acquire(None))  # full, and the queue stood and grew
     with pytest.raises(PoolOverloaded, match="shed after waiting"):
         await oldest
     assert pool.stats().shed == {"full": 0, "overload": 1, "timeout": 0}
     await pool.release(held)
     await pool.release(await newcomer)
-    await pool.release(await second)
+    for task in reversed(seconds):  # newest first
+        await pool.release(await task)
 
 
 async def test_standing_queue_sheds_stale_waiters_early(make_pool: MakePool) -> None:
@@ -203,9 +209,10 @@ async def test_standing_queue_sheds_stale_waiters_early(make_pool: MakePool) -> 
     start = time.monotonic()
     doomed = asyncio.create_task(pool._acquire(None))
     others = await queue_up(pool, 5)
-    await asyncio.sleep(0.04)
-    others += await queue_up(pool, 2)  # more callers come while nobody is served: overload
-    await asyncio.sleep(0.04)
+    await asyncio.sleep(0.06)
+    others += await queue_up(pool, 4)  # more callers come while nobody is served: overload
+    await asyncio.sleep(0.05)
+    others += await queue_up(pool, 1)
     await pool.release(held)
     held = await asyncio.wait_for(others[-1], 1)  # the newest first
     with pytest.raises(PoolOverloaded, match="shed after waiting"):

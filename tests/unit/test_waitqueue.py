@@ -61,7 +61,8 @@ async def test_burst_shorter_than_interval_stays_fifo() -> None:
 
 
 async def test_standing_queue_switches_to_lifo_and_back_when_drained() -> None:
-    """Above target for a whole interval: newest first; back to FIFO once the queue drains."""
+    """Above target, and growing over a whole interval after the one that formed it: newest first;
+    back to FIFO once the queue drains."""
     q = queue()
     ws = [waiter(i * 0.001) for i in range(10)]
     ids = {id(w): i for i, w in enumerate(ws)}
@@ -70,10 +71,15 @@ async def test_standing_queue_switches_to_lifo_and_back_when_drained() -> None:
     assert mode(q) == "fifo"
     assert served_ids(q, ids, 0.05, 1) == [0]  # oldest over target, but not yet for an interval
     assert mode(q) == "fifo"
-    assert served_ids(q, ids, 0.12, 3) == [9, 8, 7]  # stood above 5 ms for 100 ms: LIFO
+    for i in range(5):  # callers keep coming while nobody is served: the queue grows
+        ws.append(waiter(0.11 + i * 0.02))
+        ids[id(ws[-1])] = len(ws) - 1
+        q.push(ws[-1], 0.11 + i * 0.02)
+    assert mode(q) == "fifo"  # the interval that formed the queue is not judged
+    assert served_ids(q, ids, 0.21, 3) == [14, 13, 12]  # it grew from 0.11 to 0.21: LIFO
     assert mode(q) == "lifo"
     assert q.lifo_switches == 1
-    assert served_ids(q, ids, 0.13, 6) == [6, 5, 4, 3, 2, 1]
+    assert served_ids(q, ids, 0.22, 11) == [11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
     assert not q
     assert mode(q) == "fifo"
     late = [waiter(1.0), waiter(1.001)]
@@ -85,12 +91,30 @@ async def test_standing_queue_switches_to_lifo_and_back_when_drained() -> None:
 async def test_lifo_returns_to_fifo_when_the_oldest_is_under_target_again() -> None:
     """Once the stale waiters are gone and the oldest is fresh, arrival order is restored."""
     q = queue()
-    stale = waiter(0.0)
-    q.push(stale, 0.0)
-    q.push(waiter(0.2), 0.2)
-    assert q.steer(0.2) == "lifo"
-    assert q.discard(stale, 0.201)  # its caller gave up
+    stale = [waiter(0.0), *(waiter(0.11) for _ in range(3))]
+    for w in stale:
+        q.push(w, w.deadline - w.limit)
+    q.push(waiter(0.21), 0.21)  # grew from 0.11 to 0.21
+    assert q.steer(0.21) == "lifo"
+    for w in stale:
+        assert q.discard(w, 0.212)  # their callers gave up
     assert mode(q) == "fifo"
+
+
+async def test_lifo_returns_to_fifo_when_the_queue_stops_growing() -> None:
+    """A queue still standing but no longer growing (as many served as came) is FIFO again at the
+    end of that interval, and a closed loop after it is never shed."""
+    q = queue()
+    for t in (0.0, 0.11, 0.13, 0.15):
+        q.push(waiter(t), t)
+    q.push(waiter(0.21), 0.21)
+    assert q.steer(0.21) == "lifo"
+    now = 0.21
+    for _ in range(20):  # from 0.21 to 0.31 one served and one coming every 5 ms
+        now += 0.005
+        assert q.take(now) is not None
+        q.push(waiter(now), now)
+    assert q.steer(0.311) == "fifo"
 
 
 async def test_non_adaptive_queue_never_leaves_fifo() -> None:
@@ -109,15 +133,17 @@ async def test_shed_drops_waiters_older_than_the_interval() -> None:
     old = [waiter(0.0) for _ in range(3)]
     for w in old:
         q.push(w, 0.0)
-    fresh = [waiter(0.15) for _ in range(2)]
+    for _ in range(3):
+        q.push(waiter(0.12), 0.12)
+    fresh = [waiter(0.21) for _ in range(2)]
     for w in fresh:
-        q.push(w, 0.15)
-    assert q.steer(0.15) == "lifo"
+        q.push(w, 0.21)
+    assert q.steer(0.21) == "lifo"
     assert q.next_shed() == 0.1
-    assert q.shed(0.15, rate=0.0) == old
-    assert q.live == 2
+    assert q.shed(0.21, rate=0.0) == old
+    assert q.live == 5
     assert q.shed_counts["overload"] == 3
-    assert q.shed(0.2, rate=0.0) == []  # 50 ms old: under the interval
+    assert q.shed(0.215, rate=0.0) == []  # 95 ms old: under the interval
 
 
 async def test_shed_drops_the_oldest_that_cannot_be_served_in_time() -> None:
@@ -125,17 +151,19 @@ async def test_shed_drops_the_oldest_that_cannot_be_served_in_time() -> None:
     q = queue(interval=1.0)
     first = waiter(0.0)
     q.push(first, 0.0)
-    short = waiter(1.01, limit=0.3)  # deadline 1.31
-    q.push(short, 1.01)
-    rest = [waiter(1.01) for _ in range(4)]
+    short = waiter(1.5, limit=0.9)  # deadline 2.4
+    q.push(short, 1.5)
+    for t in (1.6, 1.7):
+        q.push(waiter(t), t)
+    rest = [waiter(2.01) for _ in range(4)]
     for w in rest:
-        q.push(w, 1.01)
-    assert q.steer(1.01) == "lifo"
-    assert q.shed(1.02, rate=100.0) == [first]  # 5 left drain in 50 ms: the short one makes it
-    q.push(waiter(1.02), 1.02)
-    assert q.shed(1.02, rate=10.0) == [short]  # at 10/s, 6 need 0.6 s but it has 0.29 s
-    assert q.live == 5
-    assert q.shed(1.02, rate=10.0) == []  # the others have time
+        q.push(w, 2.01)
+    assert q.steer(2.01) == "lifo"
+    assert q.shed(2.02, rate=100.0) == [first]  # 7 left drain in 70 ms: the short one makes it
+    q.push(waiter(2.02), 2.02)
+    assert q.shed(2.02, rate=10.0) == [short]  # at 10/s, 8 need 0.8 s but it has 0.38 s
+    assert q.live == 7
+    assert q.shed(2.02, rate=10.0) == []  # the others have time
 
 
 async def test_shed_does_nothing_in_fifo_mode() -> None:
@@ -152,9 +180,10 @@ async def test_make_room_gives_the_oldest_place_to_a_newcomer_only_in_lifo() -> 
     first = waiter(0.0)
     q.push(first, 0.0)
     assert q.make_room(0.001) is None
-    q.push(waiter(0.2), 0.2)
-    assert q.make_room(0.2) is first  # the queue stood 200 ms: LIFO
-    assert q.live == 1
+    for t in (0.11, 0.13, 0.15, 0.21):
+        q.push(waiter(t), t)
+    assert q.make_room(0.21) is first  # the queue stood and grew: LIFO
+    assert q.live == 4
     assert q.shed_counts["overload"] == 1
 
 
@@ -289,3 +318,30 @@ async def test_callers_that_give_up_and_come_back_do_not_make_the_queue_grow() -
         ws.append(waiter(now))
         q.push(ws[-1], now)
         assert mode(q) == "fifo"
+
+
+async def test_closed_loop_after_a_burst_is_never_shed() -> None:
+    """64 workers on 16 connections, all arriving at once, each served one coming back at once:
+    the queue of 48 stands for seconds (well above target) but waits stay far under the deadline,
+    so it is served first come, first served and nobody is shed - the burst that formed it is not
+    growth (before, arrivals counted since it formed made this LIFO and shed its oldest)."""
+    q = queue()
+    ws = [waiter(i * 0.0002) for i in range(48)]  # arriving over 10 ms; 16 more got a connection
+    for w in ws:
+        q.push(w, w.deadline - w.limit)
+    now = 0.015  # the 16 busy connections free up from 16 ms on: the queue stands from the start
+    for i in range(3000):  # 3 s: a connection freed every ms (a 16 ms query)
+        now += 0.001
+        if i % 25 == 7:  # now and then a waiter gives up and comes back
+            gone = ws.pop(20)
+            gone.fut.cancel()
+            assert q.discard(gone, now)
+        else:
+            assert q.take(now) is ws.pop(0)
+            assert not q.shed(now, q.drain_rate(now))
+        ws.append(waiter(now))
+        q.push(ws[-1], now)
+        assert mode(q) == "fifo"
+        assert q.make_room(now) is None
+    assert q.lifo_switches == 0
+    assert q.shed_counts == {"full": 0, "overload": 0, "timeout": 0}

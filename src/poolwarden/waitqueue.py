@@ -74,9 +74,10 @@ class WaitQueue(deque[Waiter[T]]):
     only: ``len()`` also counts waiters marked gone in the middle, :attr:`live` does not.
     """
 
-    __slots__ = ("_arrived", "_base", "_departed", "_excess", "_forming", "_rate", "_trend", "_trend_end",
-                 "_window_served", "_window_start", "adaptive", "good_at", "heap", "interval",
-                 "lifo_switches", "live", "mode", "shed_counts", "sojourn", "target")
+    __slots__ = ("_arrived", "_base", "_departed", "_epoch", "_excess", "_forming", "_rate",
+                 "_trend", "_trend_end", "_window_served", "_window_start", "adaptive", "good_at",
+                 "heap", "interval", "lifo_switches", "live", "mode", "shed_counts", "sojourn",
+                 "target")
 
     def __init__(self, *, adaptive: bool = True, target: float = 0.005, interval: float = 0.1) -> None:
         super().__init__()
@@ -103,6 +104,7 @@ class WaitQueue(deque[Waiter[T]]):
         self._trend = 0  # verdict of the last whole interval: 1 grew, -1 did not grow, 0 none yet
         self._base = 0  # waiters when the forming interval ended
         self._excess = 0  # callers that came minus callers that left since then
+        self._epoch = 0.0  # the good_at the interval bookkeeping above was started from
 
     # -- in and out ------------------------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class WaitQueue(deque[Waiter[T]]):
         if self.adaptive:  # only the cheap half of the controller: is the queue still good?
             oldest = self[0]
             if now - oldest.deadline + oldest.limit <= self.target:
-                self._good(now)
+                self.good_at = now  # the interval bookkeeping restarts from it in _control
                 self.mode = "fifo"
 
     def take(self, now: float) -> Waiter[T] | None:
@@ -138,9 +140,9 @@ class WaitQueue(deque[Waiter[T]]):
         if self.adaptive and self:
             oldest = self[0]
             if now - oldest.deadline + oldest.limit <= self.target:  # good: _control's first half
-                self._good(now)
+                self.good_at = now  # the interval bookkeeping restarts from it in _control
                 self.mode = "fifo"
-            elif self.mode == "fifo" or now >= self._trend_end:
+            elif now >= self._trend_end:  # only at an interval's end can the mode change
                 self._control(now)
         lifo = self.mode == "lifo"
         while self:
@@ -327,7 +329,7 @@ class WaitQueue(deque[Waiter[T]]):
         self.mode = "fifo"
 
     def _good(self, now: float) -> None:
-        self.good_at = now
+        self.good_at = self._epoch = now
         self._arrived = self._departed = 0
         self._trend_end = now + self.interval
         self._forming = True
@@ -354,6 +356,8 @@ class WaitQueue(deque[Waiter[T]]):
             self._good(now)
             self.mode = "fifo"
             return
+        if self._epoch != self.good_at:  # take() or push() saw the queue good since
+            self._good(self.good_at)
         if now < self._trend_end:
             return
         arrived, departed = self._arrived, self._departed

@@ -14,7 +14,9 @@ from fastapi import FastAPI
 
 from poolwarden.observe.watchdog import LOOP, Stall, Watchdog
 
-SLOW_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000) "
+# About 0.5 s here: longer than threshold + two intervals + the re-check, the longest a stall can go
+# unseen (it may begin just after a heartbeat and be first looked at an interval later).
+SLOW_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
             "SELECT sum(x) FROM c")
 
 
@@ -98,7 +100,7 @@ async def test_a_sync_sqlite3_query_in_an_async_route_is_reported(
     caplog.set_level(logging.WARNING, "poolwarden")
     start = time.perf_counter()
     assert (await _get(app, "/report")).status_code == 200
-    assert time.perf_counter() - start > 0.15, "the query must block for longer than the threshold"
+    assert time.perf_counter() - start > 0.31, "the query must block for longer than a stall can hide"
     records = _blocked(caplog, "GET /report")
     assert len(records) == 1
     assert "conn.execute(SLOW_SQL)" in records[0].getMessage()
@@ -111,7 +113,7 @@ async def test_awaiting_is_not_blocking_and_lag_stays_small(
     assert (await _get(app, "/polite")).status_code == 200
     assert _blocked(caplog, "GET /polite") == []
     lag = dog.lag()
-    assert lag.count >= 3
+    assert lag.count >= 2  # 0.3 s of beats every 0.1 s: two or three, depending on the phase
     assert lag.counts[-1] == 0  # no beat was ever 10 s late
 
 

@@ -1,7 +1,8 @@
 """The queue of callers waiting for a connection: arrival order, deadlines in a heap, adaptive LIFO.
 
 Every operation costs the same at 50,000 waiters as at 10: arrival order is a deque, deadlines a
-binary heap of ``(deadline, id, waiter)`` entries (compared in C), and a waiter that leaves
+second deque while they come in order (one ``acquire_timeout``: always; O(1)) and a binary heap of
+``(deadline, id, waiter)`` entries (compared in C) for those that do not, and a waiter that leaves
 (cancelled, timed out, served) is only marked, never searched for. Marked entries are dropped when
 they reach an end of the deque or the top of the heap, and both are rebuilt once the dead outnumber
 the living (amortised O(1)).
@@ -76,12 +77,16 @@ class WaitQueue(deque[Waiter[T]]):
 
     __slots__ = ("_arrived", "_base", "_departed", "_epoch", "_excess", "_forming", "_rate",
                  "_trend", "_trend_end", "_window_served", "_window_start", "adaptive", "good_at",
-                 "heap", "interval", "lifo_switches", "live", "mode", "shed_counts", "sojourn",
+                 "heap", "inorder", "interval", "lifo_switches", "live", "mode", "shed_counts", "sojourn",
                  "target")
 
     def __init__(self, *, adaptive: bool = True, target: float = 0.005, interval: float = 0.1) -> None:
         super().__init__()
         self.heap: list[tuple[float, int, Waiter[T]]] = []
+        # waiters whose deadline came in order (not before the previous one's): with one
+        # acquire_timeout, all of them. Sorted already, so they skip the heap (a push and its
+        # rebuilds cost more than the rest of a hand-off)
+        self.inorder: deque[Waiter[T]] = deque()
         self.live = 0
         self.adaptive = adaptive
         self.target = target
@@ -126,7 +131,11 @@ class WaitQueue(deque[Waiter[T]]):
         else:
             self._arrived += 1
             self.append(waiter)
-        heappush(self.heap, (waiter.deadline, id(waiter), waiter))
+        lane = self.inorder
+        if not front and (not lane or waiter.deadline >= lane[-1].deadline):
+            lane.append(waiter)
+        else:
+            heappush(self.heap, (waiter.deadline, id(waiter), waiter))
         if self.adaptive:  # only the cheap half of the controller: is the queue still good?
             oldest = self[0]
             if now - oldest.deadline + oldest.limit <= self.target:
@@ -164,13 +173,19 @@ class WaitQueue(deque[Waiter[T]]):
             if now - self._window_start >= 0.5:
                 self._close_window(now)
             if self.live:
+                lane = self.inorder
                 if lifo:
                     while not self[-1].queued:
                         self.pop()
+                    while lane and not lane[-1].queued:
+                        lane.pop()
                 else:
                     while not self[0].queued:
                         self.popleft()
-                if len(self) > 2 * self.live + _SLACK or len(self.heap) > 2 * self.live + _SLACK:
+                    while lane and not lane[0].queued:
+                        lane.popleft()
+                bloat = 2 * self.live + _SLACK
+                if len(self) > bloat or len(self.heap) > bloat or len(lane) > bloat:
                     self._tidy(now, steer=False)
             else:
                 self._tidy(now)
@@ -196,11 +211,18 @@ class WaitQueue(deque[Waiter[T]]):
 
     def expire(self, now: float, budget: int = BATCH) -> list[Waiter[T]]:
         """Up to ``budget`` waiters whose deadline has passed, taken off the queue, to be failed."""
-        heap = self.heap
+        heap, lane = self.heap, self.inorder
         out: list[Waiter[T]] = []
         pops = 0
-        while heap and heap[0][0] <= now and pops < budget * 4 and len(out) < budget:
-            waiter = heappop(heap)[2]
+        while pops < budget * 4 and len(out) < budget:
+            if lane and (not heap or lane[0].deadline <= heap[0][0]):
+                if lane[0].deadline > now:
+                    break
+                waiter = lane.popleft()
+            elif heap and heap[0][0] <= now:
+                waiter = heappop(heap)[2]
+            else:
+                break
             pops += 1
             if waiter.queued:
                 waiter.queued = False
@@ -256,6 +278,7 @@ class WaitQueue(deque[Waiter[T]]):
             waiter.queued = False
         self.clear()
         self.heap.clear()
+        self.inorder.clear()
         self.live = 0
         self._drained(now)
         return out
@@ -269,10 +292,13 @@ class WaitQueue(deque[Waiter[T]]):
 
     def next_due(self) -> float:
         """When the reaper must run next: the earliest deadline (inf when nobody waits)."""
-        heap = self.heap
+        heap, lane = self.heap, self.inorder
         while heap and not heap[0][2].queued:
             heappop(heap)
-        return heap[0][0] if heap else float("inf")
+        while lane and not lane[0].queued:
+            lane.popleft()
+        due = heap[0][0] if heap else float("inf")
+        return min(due, lane[0].deadline) if lane else due
 
     def next_shed(self) -> float:
         """When the oldest waiter passes the sojourn limit while the queue stands (else inf)."""
@@ -311,6 +337,7 @@ class WaitQueue(deque[Waiter[T]]):
         if not live:
             self.clear()
             self.heap.clear()
+            self.inorder.clear()
             self._drained(now)
             return
         if len(self) > 2 * live + _SLACK:
@@ -321,6 +348,11 @@ class WaitQueue(deque[Waiter[T]]):
         if len(heap) > 2 * live + _SLACK:
             heap[:] = [entry for entry in heap if entry[2].queued]
             heapify(heap)
+        lane = self.inorder
+        if len(lane) > 2 * live + _SLACK:
+            kept = [w for w in lane if w.queued]  # still in deadline order
+            lane.clear()
+            lane.extend(kept)
         if steer and self.adaptive:
             self._control(now)
 

@@ -201,6 +201,26 @@ async def test_expire_takes_deadlines_in_order_within_the_budget() -> None:
     assert [w.limit for w in q if w.queued] == [5.0, 4.0]  # the others are marked, left in place
 
 
+async def test_deadlines_in_order_and_out_of_order_expire_together_earliest_first() -> None:
+    """Deadlines that come in order skip the heap; mixed with ones that do not (a shorter timeout,
+    a caller keeping its place at the front), they still expire earliest first, and the served
+    ones in between are never failed."""
+    q = queue(adaptive=False)
+    ws = [waiter(t, limit=lim) for t, lim in ((0.0, 3.0), (0.1, 3.0), (0.2, 1.0), (0.3, 3.0),
+                                              (0.4, 0.5))]  # deadlines 3, 3.1, 1.2, 3.3, 0.9
+    for w in ws:
+        q.push(w, w.deadline - w.limit)
+    keeper = waiter(0.0, limit=2.0)  # deadline 2.0, back at the front
+    q.push(keeper, 0.45, front=True)
+    assert q.next_due() == 0.9
+    assert q.take(0.5) is keeper
+    assert [w.deadline for w in q.expire(3.05)] == [0.9, 1.2, 3.0]
+    assert q.next_due() == 3.1
+    assert [w.deadline for w in q.expire(10.0)] == [3.1, 3.3]
+    assert q.live == 0
+    assert q.next_due() == float("inf")
+
+
 async def test_served_and_cancelled_waiters_do_not_pile_up() -> None:
     """Leaving marks a waiter; ends are trimmed and rebuilds keep the dead at most the living."""
     q = queue(adaptive=False)

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from typing import Any, ClassVar, Literal, Protocol
 
-from poolwarden.errors import BackendDown, PoolClosed
+from poolwarden.errors import BackendDown, PoolClosed, PoolwardenError
 from poolwarden.observe.events import emit
 from poolwarden.observe.leaks import LeaseInfo
 from poolwarden.retry import MAX_PROBES, CircuitBreaker
@@ -67,6 +67,7 @@ class Lifecycle:
         self._state: State = NEW
         self._breaker = CircuitBreaker(settings.failure_threshold, settings.probe_interval)
         self._closing: asyncio.Future[list[LeaseInfo]] | None = None
+        self._open_loop: asyncio.AbstractEventLoop | None = None  # the loop of the current run
         self._probe: asyncio.Task[None] | None = None
         self._probe_wake: asyncio.Event | None = None  # set when a refused caller hurries the probe
         self._settled = asyncio.Event()  # set on the first success, and by close(): wakes open()
@@ -103,6 +104,12 @@ class Lifecycle:
         close and raise :class:`BackendDown` after ``startup_timeout``. Cancelled or failed, it
         leaves the resource closed (and openable again). A closed resource opens again."""
         if self._state in (OPEN, OPENING):
+            if self._open_loop is not asyncio.get_running_loop():
+                # its futures and tasks belong to that loop: sharing it would fail with untyped
+                # RuntimeErrors, and this caller's close() would drain it under the other's feet
+                raise PoolwardenError(f"{self.name}: already open on another event loop (a second app, "
+                                      "TestClient or lifespan?); declare one Warden per loop",
+                                      resource=self.name)
             return
         closing = self._closing
         if closing is not None and not closing.done():
@@ -119,6 +126,7 @@ class Lifecycle:
         if wait is None:
             wait = self._settings.startup == "wait"
         try:
+            self._open_loop = asyncio.get_running_loop()
             await self._start()
             if wait and not await self.wait_ready(self._settings.startup_timeout):
                 if self._state != OPEN:

@@ -233,6 +233,11 @@ async def run(requests: int, *, url: str = DEFAULT_URL, concurrency: int = 64, m
         elif resp.status_code == 500:
             report.outcomes[f"500 {body.get('kind', '?')}"] += 1
             report.examples.setdefault(f"500 {body.get('kind', '?')}", body.get("detail", ""))
+        elif resp.status_code == 503 and body.get("type", "").endswith("backend-lost"):
+            # a disconnect that escaped the endpoint: poolwarden's own 503 for it (the connection is
+            # discarded), counted against the backends killed like the endpoint's own 500s
+            report.disconnect_errors += 1
+            report.outcomes["503 backend-lost"] += 1
         elif resp.status_code == 503:
             report.outcomes[f"503 {body.get('type', '?').rpartition(':')[2]}"] += 1
         else:
@@ -331,7 +336,7 @@ def _judge(report: Report, requests: int) -> None:
     s, v = report.stats, report.violations
     expected = {"ok", "500 Boom", "504 query-timeout", "client disconnected mid-flight"}
     for kind, n in report.outcomes.items():
-        if kind not in expected and not kind.startswith("500 disconnect: "):
+        if kind not in expected and not kind.startswith("500 disconnect: ") and kind != "503 backend-lost":
             example = report.examples.get(kind)
             v.append(f"{n} unexpected outcome(s): {kind}" + (f" (e.g. {example})" if example else ""))
     if report.requests != requests or sum(report.outcomes.values()) != requests:

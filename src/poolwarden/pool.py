@@ -363,12 +363,12 @@ class Pool(PoolUpkeep[C]):
         if deadline < self._reaper_at:
             self._arm_reaper(deadline)
         elif waiters.mode == "lifo":
-            self._standing()  # the queue stands: shed who waited too long
+            self._standing()  # the queue stands: shed who can no longer be served in time
         self._grow()
         return waiter
 
     def _standing(self) -> None:
-        shed_at = self._waiters.next_shed()
+        shed_at = self._waiters.next_shed(_monotonic())
         if shed_at < self._reaper_at:
             self._arm_reaper(shed_at)
 
@@ -411,7 +411,7 @@ class Pool(PoolUpkeep[C]):
             return
         at = now if budget <= len(shed) else waiters.next_due()  # a full batch: go on next turn
         if waiters.mode == "lifo":  # sheds grouped a few ms apart, not one timer per waiter
-            at = min(at, max(waiters.next_shed(), now + 0.005))
+            at = min(at, max(waiters.next_shed(now), now + 0.005))
         self._arm_reaper(at)
 
     def _timed_out(self, limit: float) -> PoolTimeout:

@@ -15,9 +15,11 @@ and Facebook's adaptive LIFO ("Fail at Scale", 2015): when the oldest waiter has
 more callers arrived than left (by 10% and a margin), the queue has piled up by half what it held
 when it formed, and it holds more than the pool serves in an interval, demand outruns the pool -
 more waiting adds latency, not throughput - so the newest waiter is served first (its client is
-still there) and the oldest are shed: once queued for longer than ``interval`` (at that arrival
-rate they would never be reached), when their deadline comes before the queue could drain, or when
-room is needed at the bound. It is first come, first served again at the end of an interval in
+still there) and the oldest are shed: when their deadline comes before the queue could drain at
+the measured rate, or when room is needed at the bound. (CoDel's own rule - shed whoever has waited
+longer than ``interval`` - is not applied: it refused most of a half-second burst that FIFO serves
+within a second, and the bound already keeps a sustained overload's queue, its memory and its
+oldest waiters' wait short.) It is first come, first served again at the end of an interval in
 which the queue did not grow, when it holds no more than an interval of work, or as soon as it
 drains (empty, or its oldest waiter younger than ``target``). A queue that stands without growing
 (a closed loop of workers, each coming back once served, even after the burst that formed it) stays
@@ -235,14 +237,12 @@ class WaitQueue(deque[Waiter[T]]):
         return out
 
     def shed(self, now: float, rate: float, budget: int = BATCH) -> list[Waiter[T]]:
-        """While the queue stands (LIFO), the oldest waiters that will not be served: those queued
-        for longer than ``interval`` (newer callers keep coming first: CoDel's sojourn limit), and
-        those whose deadline comes before the queue could drain at ``rate`` a second."""
+        """While the queue stands (LIFO), the oldest waiters that will not be served: those whose
+        deadline comes before the queue could drain at ``rate`` a second (none while no rate is known)."""
         out: list[Waiter[T]] = []
         while self and self.mode == "lifo" and len(out) < budget:
             oldest = self[0]
-            if (now - (oldest.deadline - oldest.limit) <= self.interval
-                    and (rate <= 0.0 or oldest.deadline - now >= self.live / rate)):
+            if rate <= 0.0 or oldest.deadline - now >= self.live / rate:
                 break
             self.popleft()
             oldest.queued = False
@@ -300,12 +300,13 @@ class WaitQueue(deque[Waiter[T]]):
         due = heap[0][0] if heap else float("inf")
         return min(due, lane[0].deadline) if lane else due
 
-    def next_shed(self) -> float:
-        """When the oldest waiter passes the sojourn limit while the queue stands (else inf)."""
-        if self.mode != "lifo" or not self:
+    def next_shed(self, now: float) -> float:
+        """While the queue stands, when the oldest waiter's deadline can no longer be met at the
+        measured drain rate (else inf)."""
+        rate = self.drain_rate(now) if self.mode == "lifo" and self else 0.0
+        if rate <= 0.0:
             return float("inf")
-        oldest = self[0]
-        return oldest.deadline - oldest.limit + self.interval
+        return self[0].deadline - self.live / rate
 
     def drain_rate(self, now: float) -> float:
         """Waiters served per second, measured while callers queued (0.0 before any measure)."""

@@ -505,3 +505,24 @@ async def test_a_session_held_too_long_is_reported_with_its_route(
     leaks = [r.getMessage() for r in caplog.records if getattr(r, "poolwarden.event", "") == "leak.suspected"]
     assert leaks, [r.getMessage() for r in caplog.records]
     assert "GET /slow" in leaks[0]
+
+
+def test_a_handed_over_engine_keeps_its_pool_size() -> None:
+    """engine= carries the engine's pool_size + max_overflow into max_size unless max_size (keyword or
+    environment) is given; an unbounded overflow or another pool class leaves the default."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    url = "postgresql+psycopg://app@127.0.0.1/app"
+    warden = Warden(environ={"POOLWARDEN_E_MAX_SIZE": "4"})
+    sized = warden.sqlalchemy("a", engine=create_engine(url, pool_size=5, max_overflow=0), sync=True)
+    assert sized.stats().max_size == 5
+    default = warden.sqlalchemy("b", engine=create_async_engine(url.replace("psycopg", "asyncpg")))
+    assert default.stats().max_size == 15  # SQLAlchemy's own 5 + 10 overflow: what that engine would open
+    given = warden.sqlalchemy("c", engine=create_engine(url, pool_size=3), sync=True, max_size=7)
+    assert given.stats().max_size == 7
+    from_env = warden.sqlalchemy("e", engine=create_engine(url, pool_size=3), sync=True)
+    assert from_env.stats().max_size == 4
+    unbounded = warden.sqlalchemy("f", engine=create_engine(url, max_overflow=-1), sync=True)
+    null = warden.sqlalchemy("g", engine=create_engine(url, poolclass=NullPool), sync=True)
+    assert unbounded.stats().max_size == null.stats().max_size == 10

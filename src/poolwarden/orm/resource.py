@@ -357,6 +357,23 @@ def _sqlite_begin(conn: Connection) -> None:
 # -- declaration ----------------------------------------------------------------------------------
 
 
+def _carried_size(engine: AsyncEngine | Engine, name: str, settings: Mapping[str, Any],
+                  environ: Mapping[str, str]) -> dict[str, Any]:
+    """The handed-over engine's own pool size (``pool_size + max_overflow`` of a QueuePool) as
+    ``max_size``, unless one is given: whoever sized that pool on purpose must not get poolwarden's
+    default instead, silently. An unbounded overflow (-1) or another pool class carries nothing."""
+    from poolwarden.config import env_name
+
+    if "max_size" in settings or f"POOLWARDEN_{env_name(name)}_MAX_SIZE" in environ:
+        return {}
+    pool = engine.sync_engine.pool if isinstance(engine, AsyncEngine) else engine.pool
+    size, overflow = getattr(pool, "_pool", None), getattr(pool, "_max_overflow", None)
+    if not isinstance(overflow, int) or overflow < 0 or size is None:
+        return {}
+    max_size = pool.size() + overflow  # type: ignore[attr-defined]
+    return {"max_size": max_size} if max_size >= 1 else {}
+
+
 def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: AsyncEngine | Engine | None,
             options: dict[str, Any]) -> SQLAlchemyResource[Any]:
     """Build and register the resource of ``warden.sqlalchemy(...)``.
@@ -383,6 +400,7 @@ def declare(warden: Any, name: str, url: str | None, *, sync: bool, engine: Asyn
             raise ConfigError(f"{name}: engine_options are for an engine poolwarden creates")
         sync = isinstance(engine, Engine)
         url = engine.url.render_as_string(hide_password=False)
+        settings = {**_carried_size(engine, name, settings, warden._environ), **settings}
     if url is None:
         url = env_url(name, warden._environ)
         if url is None:

@@ -40,16 +40,15 @@ from asyncmy import errors
 from asyncmy.cursors import Cursor
 
 from poolwarden.config import DSN, PoolConfig
-from poolwarden.connectors._mysql_codes import DISCONNECT_CODES as _DISCONNECT_CODES
-from poolwarden.connectors._shared import check_options, network_error, transaction_block
+from poolwarden.connectors._mysql_common import DISCONNECT_CODES as _DISCONNECT_CODES
+from poolwarden.connectors._mysql_common import connect_params
+from poolwarden.connectors._shared import network_error, transaction_block
 from poolwarden.connectors.base import ServerInfo
-from poolwarden.errors import ConfigError
 from poolwarden.handle import register_driver
 
 __all__ = ["MysqlConnector", "create"]
 
 _COM_RESET_CONNECTION = 0x1F  # MySQL >= 5.7.3, MariaDB >= 10.2.4
-_URL_PARAMETERS = frozenset({"charset", "unix_socket", "sql_mode", "init_command", "program_name"})
 _OWN_OPTIONS = frozenset({"db"})  # deprecated alias of database
 
 # Cursors made from a handle end with its lease (asyncmy's pool lends the connection itself).
@@ -69,26 +68,7 @@ class MysqlConnector:
 
     def __init__(self, dsn: DSN, config: PoolConfig) -> None:
         allowed = set(inspect.signature(asyncmy.connect).parameters) - _OWN_OPTIONS
-        options = check_options(self.driver, config.options, allowed)
-        unknown = sorted(set(dsn.query) - _URL_PARAMETERS)
-        if unknown:
-            raise ConfigError(f"unknown MySQL URL parameter{'s' if len(unknown) > 1 else ''}:"
-                              f" {', '.join(map(repr, unknown))} (pass other settings in options=)")
-        options.setdefault("autocommit", True)
-        self._params: dict[str, Any] = {
-            "host": dsn.host or "localhost",
-            "port": dsn.port or 3306,
-            "user": None,
-            "password": "",
-            "database": dsn.database or None,
-            **dsn.credentials(options),
-            **dsn.query,
-            **options,
-        }
-        if isinstance(self._params["password"], str):
-            # asyncmy encodes a str password as latin-1: 'é' would not match and '€' raise; the server
-            # hashed the UTF-8 bytes that CREATE USER ... IDENTIFIED BY sent over a utf8mb4 session
-            self._params["password"] = self._params["password"].encode()
+        self._params: dict[str, Any] = connect_params(self.driver, dsn, config, allowed)
         self._redacted = dsn.redacted
 
     def __repr__(self) -> str:

@@ -14,16 +14,14 @@ import pymysql
 from pymysql.constants import SERVER_STATUS
 
 from poolwarden.config import DSN, PoolConfig
-from poolwarden.connectors._mysql_codes import DISCONNECT_CODES as _DISCONNECT_CODES
-from poolwarden.connectors._shared import check_options
+from poolwarden.connectors._mysql_common import DISCONNECT_CODES as _DISCONNECT_CODES
+from poolwarden.connectors._mysql_common import connect_params
 from poolwarden.connectors._threads import ThreadedConnector
 from poolwarden.connectors.base import ServerInfo
-from poolwarden.errors import ConfigError
 
 __all__ = ["SyncPymysqlConnector", "create"]
 
 Connection = Any  # PyMySQL ships no type information
-_URL_PARAMETERS = frozenset({"charset", "unix_socket", "sql_mode", "init_command", "program_name"})
 _IN_TRANS = SERVER_STATUS.SERVER_STATUS_IN_TRANS
 
 
@@ -42,26 +40,7 @@ class SyncPymysqlConnector(ThreadedConnector[Connection]):
         super().__init__()
         allowed = set(inspect.signature(pymysql.connections.Connection.__init__).parameters) - {
             "self", "passwd", "db"}
-        options = check_options(self.driver, config.options, allowed)
-        unknown = sorted(set(dsn.query) - _URL_PARAMETERS)
-        if unknown:
-            raise ConfigError(f"unknown MySQL URL parameter{'s' if len(unknown) > 1 else ''}:"
-                              f" {', '.join(map(repr, unknown))} (pass other settings in options=)")
-        options.setdefault("autocommit", True)
-        self._params: dict[str, Any] = {
-            "host": dsn.host or "localhost",
-            "port": dsn.port or 3306,
-            "user": None,
-            "password": "",
-            "database": dsn.database or None,
-            **dsn.credentials(options),
-            **dsn.query,
-            **options,
-        }
-        if isinstance(self._params["password"], str):
-            # PyMySQL encodes a str password as latin-1: 'é' would not match and '€' raise; the server
-            # hashed the UTF-8 bytes that CREATE USER ... IDENTIFIED BY sent over a utf8mb4 session
-            self._params["password"] = self._params["password"].encode()
+        self._params: dict[str, Any] = connect_params(self.driver, dsn, config, allowed)
         self._redacted = dsn.redacted
 
     def __repr__(self) -> str:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
 from tests.support import pgbouncer
@@ -27,6 +30,11 @@ def sqlite_url(tmp_path: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer_url() -> str:
-    """Database ``test`` through a PgBouncer in transaction mode that scripts/pgbouncer starts."""
-    return pgbouncer.ensure()
+def pgbouncer_url() -> Iterator[str]:
+    """Database ``test`` through a PgBouncer in transaction mode that scripts/pgbouncer starts, and
+    stops again at the end of the session if this session started it."""
+    started_here = not os.environ.get("POOLWARDEN_TEST_PGBOUNCER") and not pgbouncer.running()
+    url = pgbouncer.ensure()
+    yield url
+    if started_here:
+        pgbouncer.stop()

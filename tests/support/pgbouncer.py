@@ -55,6 +55,17 @@ def _wait(url: str, limit: float) -> bool:
     return True
 
 
+def running() -> bool:
+    """True when a bouncer already answers on the port (one this session did not start)."""
+    return reachable(PGBOUNCER_URL, timeout=0.5)
+
+
+def stop() -> None:
+    """Stop the bouncer scripts/pgbouncer started (the session that started it stops it)."""
+    subprocess.run([str(SCRIPT), "stop"], capture_output=True, text=True, timeout=30,
+                   env={**os.environ, "POOLWARDEN_PGBOUNCER_PORT": str(PORT)})
+
+
 def ensure() -> str:
     """The URL of database ``test`` through PgBouncer, started if needed; else skip (or fail in CI).
 

@@ -97,7 +97,33 @@ def _run(cmd: list[str], user: str | None, timeout: float = 60) -> str:
     return done.stdout
 
 
-class PrivatePostgres:
+class _Server:
+    """What both private servers offer on top of their own start() and stop(): async forms for
+    tests running on the event loop, and the log for failure messages."""
+
+    logfile: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, mode: str = "fast") -> None:
+        raise NotImplementedError
+
+    async def astart(self) -> None:
+        await asyncio.to_thread(self.start)
+
+    async def astop(self, mode: str = "fast") -> None:
+        await asyncio.to_thread(self.stop, mode)
+
+    def log(self) -> str:
+        """The server's log so far (for a failure message)."""
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class PrivatePostgres(_Server):
     """One private PostgreSQL cluster: ``url``, ``port``, ``stop()``, ``start()``, ``running``."""
 
     def __init__(self, bindir: Path, root: Path, user: str | None) -> None:
@@ -130,18 +156,6 @@ class PrivatePostgres:
             _run([str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", "60",
                   "stop"], self.user)
 
-    async def astart(self) -> None:
-        await asyncio.to_thread(self.start)
-
-    async def astop(self, mode: str = "fast") -> None:
-        await asyncio.to_thread(self.stop, mode)
-
-    def log(self) -> str:
-        """The server's log so far (for a failure message)."""
-        try:
-            return self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def _postgres_bindir() -> Path:
@@ -209,7 +223,7 @@ def _kill_pidfile(pidfile: Path) -> None:
         pass
 
 
-class PrivateMariaDB:
+class PrivateMariaDB(_Server):
     """One private MariaDB server (grant tables skipped: ``root`` without password), like PrivatePostgres."""
 
     def __init__(self, root: Path, user: str | None) -> None:
@@ -264,17 +278,6 @@ class PrivateMariaDB:
             proc.kill()
             proc.wait()
 
-    async def astart(self) -> None:
-        await asyncio.to_thread(self.start)
-
-    async def astop(self, mode: str = "fast") -> None:
-        await asyncio.to_thread(self.stop, mode)
-
-    def log(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def _mariadbd() -> str:
